@@ -1,0 +1,1 @@
+"""SAM-family models in our own PyTorch code: encoders, prompt encoder, mask decoder, registry, checkpoints."""

@@ -1,0 +1,1 @@
+"""Pure-numpy preprocessing: intensity handling and geometry (resize, pad, coordinate transforms)."""
