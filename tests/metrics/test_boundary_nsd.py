@@ -25,7 +25,7 @@ import pytest
 from medsam.errors import InputError
 from medsam.metrics import boundary, boundary_distances, hd95, nsd
 
-from .conftest import square
+from ._shapes import square
 
 
 def test_boundary_of_square_is_its_ring():

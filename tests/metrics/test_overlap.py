@@ -8,7 +8,7 @@ import pytest
 from medsam.errors import InputError
 from medsam.metrics import dice, iou
 
-from .conftest import square
+from ._shapes import square
 
 
 def test_squares_offset_by_two_pixels_in_x():

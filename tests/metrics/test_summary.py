@@ -10,7 +10,7 @@ import pytest
 from medsam.errors import InputError
 from medsam.metrics import MetricAccumulator, SegmentationScores, bootstrap_ci, score_case
 
-from .conftest import square
+from ._shapes import square
 
 
 def _filled():

@@ -17,7 +17,7 @@ from medsam.errors import InputError
 from medsam.metrics import dice, nsd, nsd_challenge, surfel_distances
 from medsam.metrics.surfels import _surfel_area_table, neighbour_codes
 
-from .conftest import square
+from ._shapes import square
 
 
 def _code(corners):
