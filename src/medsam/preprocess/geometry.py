@@ -119,9 +119,22 @@ class CoordinateTransform:
         return np.asarray(boxes, dtype=np.float64) / np.array([sx, sy, sx, sy])
 
 
+def check_image_shape(image: np.ndarray, *, source: str = "image") -> None:
+    """A 2D image is (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with H, W >= 1."""
+    ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
+    if not ok:
+        raise InputError(
+            f"{source}: shape {image.shape} is not a 2D image; expected (H, W), (H, W, 3) or (H, W, 4). "
+            "For volumes use `medsam segment-volume`"
+        )
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"{source}: the image is empty (shape {image.shape})")
+
+
 def to_three_channels(image: np.ndarray, *, source: str = "image") -> np.ndarray:
     """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3); alpha is dropped."""
     image = np.asarray(image)
+    check_image_shape(image, source=source)
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim == 3 and image.shape[2] == 1:

@@ -1,0 +1,5 @@
+import sys
+
+from medsam.cli import main
+
+sys.exit(main())
