@@ -89,6 +89,54 @@ class Box:
 
 
 @dataclass(frozen=True)
+class Box3D:
+    """A 3D box (x0, y0, z0, x1, y1, z1) in voxel indices of a (z, y, x) volume, all bounds inclusive.
+
+    The order is the CVPR 2024 MedSAM-on-laptop ``boxes`` order and the official LiteMedSAM 3D procedure's.
+    """
+
+    x0: float
+    y0: float
+    z0: float
+    x1: float
+    y1: float
+    z1: float
+
+    @classmethod
+    def from_sequence(cls, values: Sequence[float] | str, *, source: str = "3D box") -> "Box3D":
+        """Build from 6 numbers or a "x0,y0,z0,x1,y1,z1" string; a wrong count is a PromptError."""
+        if isinstance(values, str):
+            parts = [p for p in values.replace(" ", "").split(",") if p != ""]
+            try:
+                values = [float(p) for p in parts]
+            except ValueError as exc:
+                raise PromptError(f"{source} {values!r}: expected 6 numbers x0,y0,z0,x1,y1,z1") from exc
+        flat = list(np.asarray(values, dtype=np.float64).reshape(-1))
+        if len(flat) != 6:
+            raise PromptError(f"{source} has {len(flat)} values; a 3D box needs exactly 6: x0,y0,z0,x1,y1,z1")
+        if not all(np.isfinite(flat)):
+            raise PromptError(f"{source} {flat}: contains NaN or infinite values")
+        return cls(*[float(v) for v in flat])
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.x0, self.y0, self.z0, self.x1, self.y1, self.z1], dtype=np.float64)
+
+    def box2d(self) -> Box:
+        """The in-plane box (x0, y0, x1, y1)."""
+        return Box(self.x0, self.y0, self.x1, self.y1)
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> "Box3D | None":
+        """Tight inclusive box around the non-zero voxels of a (z, y, x) mask, or None when it is empty."""
+        zs, ys, xs = np.nonzero(mask)
+        if zs.size == 0:
+            return None
+        return cls(
+            float(xs.min()), float(ys.min()), float(zs.min()), float(xs.max()), float(ys.max()), float(zs.max())
+        )
+
+
+@dataclass(frozen=True)
 class Points:
     """Click prompts for one object: coordinates (N, 2) as (x, y) and labels (N,), 1 = inside, 0 = outside."""
 

@@ -1,0 +1,136 @@
+"""Synthetic DICOM CT series for the volume I/O tests, written with pydicom (no downloads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    """Rotation matrix from angles (degrees) about x, then y, then z."""
+    ax, ay, az = np.deg2rad([ax, ay, az])
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@dataclass
+class SynthSeries:
+    folder: Path
+    hu: np.ndarray  # (z, y, x) the HU values the series encodes, in slice order along the normal
+    direction: np.ndarray  # columns: row dir, column dir, normal
+    origin: np.ndarray
+    spacing_zyx: tuple[float, float, float]
+    series_uid: str
+    frame_uid: str
+    study_uid: str
+    sop_uids: list[str]  # in slice order
+
+
+def hu_pattern(shape: tuple[int, int, int]) -> np.ndarray:
+    """HU values that identify each voxel's (z, y, x): -1000 air border, a body whose value encodes z."""
+    z, y, x = np.indices(shape)
+    hu = (-1000 + 0 * z).astype(np.float64)
+    body = (y >= 2) & (y < shape[1] - 2) & (x >= 2) & (x < shape[2] - 2)
+    hu[body] = (z * 100 + y * 3 + x - 200)[body]
+    return hu
+
+
+def write_ct_series(
+    folder: Path,
+    *,
+    num_slices: int = 6,
+    rows: int = 32,
+    cols: int = 32,
+    pixel_spacing_rc: tuple[float, float] = (0.8, 0.7),
+    slice_step_mm: float = 3.0,
+    angles_deg: tuple[float, float, float] = (20.0, -15.0, 30.0),
+    origin: tuple[float, float, float] = (-40.0, 25.0, 110.0),
+    slope: float = 2.0,
+    intercept: float = -1000.0,
+    slice_thickness: float = 5.0,
+    bits_stored: int = 16,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    frame_uid: str | None = None,
+    series_number: int = 3,
+    description: str = "synthetic CT",
+    shuffle_seed: int | None = 7,
+    name_prefix: str = "",
+) -> SynthSeries:
+    """Write a CT series (one file per slice, shuffled file names and InstanceNumbers) and describe it.
+
+    SliceThickness deliberately differs from the slice step, so a reader that trusts it gets z wrong.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = study_uid or generate_uid()
+    frame_uid = frame_uid or generate_uid()
+    rot = rotation(*angles_deg)
+    row_dir, col_dir, normal = rot[:, 0], rot[:, 1], rot[:, 2]
+    hu = hu_pattern((num_slices, rows, cols))
+    raw = np.round((hu - intercept) / slope).astype(np.uint16)
+    hu = raw.astype(np.float64) * slope + intercept
+
+    order = list(range(num_slices))
+    if shuffle_seed is not None:
+        np.random.default_rng(shuffle_seed).shuffle(order)
+    sop_uids = [generate_uid() for _ in range(num_slices)]
+    for file_index, k in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uids[k]
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uids[k]
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PatientName = "Synthetic^Phantom"
+        ds.PatientID = "SYN001"
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "O"
+        ds.StudyDate = "20240101"
+        ds.StudyTime = "120000"
+        ds.StudyID = "1"
+        ds.AccessionNumber = "A1"
+        ds.ReferringPhysicianName = ""
+        ds.Modality = "CT"
+        ds.Manufacturer = "medsam-tests"
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = description
+        ds.InstanceNumber = file_index + 1  # deliberately not the slice order
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PositionReferenceIndicator = ""
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in np.concatenate([row_dir, col_dir])]
+        position = np.asarray(origin) + k * slice_step_mm * normal
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.PixelSpacing = [f"{pixel_spacing_rc[0]:g}", f"{pixel_spacing_rc[1]:g}"]
+        ds.SliceThickness = f"{slice_thickness:g}"
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+        ds.PixelRepresentation = 0
+        ds.RescaleSlope = f"{slope:g}"
+        ds.RescaleIntercept = f"{intercept:g}"
+        ds.RescaleType = "HU"
+        ds.PixelData = raw[k].tobytes()
+        ds.save_as(folder / f"{name_prefix}img{file_index:03d}.dcm", enforce_file_format=True)
+    _ = pydicom  # imported for its side effects on dataset handling only
+    direction = np.column_stack([row_dir, col_dir, normal])
+    return SynthSeries(
+        folder, hu, direction, np.asarray(origin, float), (slice_step_mm, *pixel_spacing_rc),
+        series_uid, frame_uid, study_uid, sop_uids,
+    )
