@@ -58,3 +58,15 @@ def test_shifted_ellipse_2d():
     pred = ((yy - 63) / 33) ** 2 + ((xx - 86) / 52) ** 2 <= 1
     expected = _reference(pred[..., None], ref[..., None], 2.0, (1.0, 1.0, 1.0))
     assert nsd_challenge(pred, ref, 2.0) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.5, 0.7)])
+def test_surfel_area_table_matches_for_all_256_codes(spacing):
+    from medsam.metrics.surfels import _surfel_area_table
+
+    theirs = sd.lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
+    ours = _surfel_area_table(spacing)
+    for code in range(256):
+        # their kernel gives corner (a, b, c) the bit 128 >> (4a + 2b + c); ours gives it 1 << (4a + 2b + c)
+        their_code = sum(128 >> k for k in range(8) if code >> k & 1)
+        assert ours[code] == pytest.approx(theirs[their_code], abs=1e-12), code

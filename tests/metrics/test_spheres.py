@@ -22,7 +22,7 @@ CENTRE = (27.0, 25.0, 25.0)
 
 
 def _ball(radius, shift=(0.0, 0.0, 0.0), spacing=SPACING, shape=SHAPE, centre=CENTRE):
-    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij", sparse=True)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij", sparse=True)
     return (z - centre[0] - shift[0]) ** 2 + (y - centre[1] - shift[1]) ** 2 + (
         x - centre[2] - shift[2]
     ) ** 2 <= radius**2

@@ -47,7 +47,8 @@ def score_case(
     """DSC, IoU, NSD (both conventions) and HD95 of one 2D (y, x) or 3D (z, y, x) mask pair.
 
     spacing_mm is per array axis in mm (None = 1, i.e. pixels). The boundary distances are computed once
-    and shared by NSD and HD95. Raises InputError for masks of different shapes or a bad spacing.
+    and shared by NSD and HD95. For 2D masks nsd_challenge uses spacing 1, as the official script does.
+    Raises InputError for masks of different shapes or a bad spacing.
     """
     p, r = mask_pair(pred, ref)
     sampling = spacing(p.ndim, spacing_mm)

@@ -73,7 +73,7 @@ def _polygons(code: int) -> list[list[tuple[float, float, float]]]:
     links: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for ring in _FACES:
         sides = [(ring[i], ring[(i + 1) % 4]) for i in range(4)]
-        crossing = [tuple(sorted(e)) for e in sides if inside[e[0]] != inside[e[1]]]
+        crossing = [(min(e), max(e)) for e in sides if inside[e[0]] != inside[e[1]]]
         if len(crossing) == 2:
             pairs = [(crossing[0], crossing[1])]
         elif len(crossing) == 4:

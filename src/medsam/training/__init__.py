@@ -1,0 +1,1 @@
+"""Fine-tuning: datasets, prompt simulation, losses and the training loop."""
