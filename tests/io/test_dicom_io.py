@@ -156,6 +156,19 @@ def test_rtstruct_reads_back_with_references_and_rasterises(tmp_path, series, vo
     for value in (1, 2):
         a, b = labels == value, back == value
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
+    assert np.array_equal(back, labels)  # with this module's contour convention the round trip is exact
+
+
+def test_rtstruct_holes_and_single_pixels_round_trip(tmp_path, volume):
+    z, y, x = np.indices(volume.shape)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[((y - 14) ** 2 + (x - 15) ** 2 <= 64) & (z >= 1) & (z <= 4)] = 1
+    labels[((y - 14) ** 2 + (x - 15) ** 2 <= 9) & (z == 2)] = 0  # a hole
+    labels[0, 5, 5] = 2  # one pixel
+    labels[5, 20, 20:22] = 2  # two pixels
+    write_rtstruct(labels, volume, tmp_path / "rs.dcm")
+    back, _ = read_rtstruct_labels(tmp_path / "rs.dcm", volume)
+    assert np.array_equal(back, labels)
 
 
 def test_dicom_writers_need_a_dicom_reference(tmp_path):
@@ -182,3 +195,33 @@ def test_dicom_writers_refuse_empty_labels_and_existing_files(tmp_path, volume):
     with pytest.raises(OutputError, match="exists"):
         write_rtstruct(labels, volume, tmp_path / "rs.dcm")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_outputs_saved_in_the_series_folder_do_not_disturb_reading_it(series, volume):
+    labels = _object_labels(volume.shape)
+    write_dicom_seg(labels, volume, series.folder / "seg.dcm")
+    write_rtstruct(labels, volume, series.folder / "rs.dcm")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second "series" would warn
+        again = read_volume(series.folder)
+    assert np.array_equal(again.array, volume.array) and again.metadata["other_series"] == []
+
+
+def test_missing_slice_warns_and_dicom_outputs_keep_each_slice_position(tmp_path):
+    import pydicom
+
+    s = write_ct_series(tmp_path / "ct", num_slices=6, shuffle_seed=None)
+    (s.folder / "img003.dcm").unlink()  # slice k=3: the steps become 3, 3, 3, 6, 3 mm
+    with pytest.warns(UserWarning, match="slice distances vary"):
+        v = read_volume(s.folder)
+    assert v.shape[0] == 5 and v.metadata["nonuniform_slice_spacing"]
+    assert v.spacing_mm[0] == pytest.approx(15.0 / 4)
+    labels = np.zeros(v.shape, np.uint8)
+    labels[3, 10:20, 10:20] = 1  # the slice after the gap: k=4 of the series
+    write_rtstruct(labels, v, tmp_path / "rs.dcm")
+    contour = pydicom.dcmread(tmp_path / "rs.dcm").ROIContourSequence[0].ContourSequence[0]
+    assert contour.ContourImageSequence[0].ReferencedSOPInstanceUID == s.sop_uids[4]
+    pts = np.asarray(contour.ContourData, float).reshape(-1, 3)
+    assert np.abs((pts - s.origin) @ s.direction[:, 2] - 12.0).max() < 1e-3

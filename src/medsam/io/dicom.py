@@ -109,12 +109,17 @@ def looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _read_header(path: Path, *, full: bool = False) -> Any | None:
-    """The file's dataset without pixel data (or all of it with ``full``), or None when it is not DICOM."""
+def _read_header(path: Path, *, what: str = "scan") -> Any | None:
+    """The file's dataset, or None when it is not DICOM. ``what``: "scan" (the few tags that group series),
+    "header" (every tag but the pixel data) or "full"."""
     pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
 
-    kwargs: dict[str, Any] = {} if full else {"stop_before_pixels": True, "specific_tags": list(_SCAN_TAGS)}
+    kwargs: dict[str, Any] = {
+        "scan": {"stop_before_pixels": True, "specific_tags": list(_SCAN_TAGS)},
+        "header": {"stop_before_pixels": True},
+        "full": {},
+    }[what]
     try:
         return pydicom.dcmread(path, **kwargs)
     except InvalidDicomError:
@@ -300,7 +305,7 @@ def _read_series_files(files: Iterable[Path], *, source: Path) -> Volume:
     """Read, check, sort and stack the slices of one series."""
     headers: list[tuple[Path, Any]] = []
     for f in files:
-        ds = _read_header(f, full=True)
+        ds = _read_header(f, what="header")
         if ds is None:
             raise InputError(f"{f} cannot be read as DICOM although it looked like one; it may be corrupt")
         _refuse_multiframe(f, ds)
@@ -373,9 +378,6 @@ def _read_series_files(files: Iterable[Path], *, source: Path) -> Volume:
 
     sorted_headers = [headers[i] for i in order]
     array = _stack_pixels(sorted_headers)
-    for _, ds in sorted_headers:  # keep headers only: the pixels now live in the Volume's array
-        if "PixelData" in ds:
-            del ds.PixelData
 
     direction = np.column_stack([row_dir, col_dir, normal])
     modality = str(getattr(first, "Modality", "")).upper() or None
@@ -429,7 +431,11 @@ def _stack_pixels(headers: list[tuple[Path, Any]]) -> np.ndarray:
     dtype = _output_dtype(headers)
     rows, cols = int(headers[0][1].Rows), int(headers[0][1].Columns)
     out = np.empty((len(headers), rows, cols), dtype=dtype)
-    for k, (f, ds) in enumerate(headers):
+    for k, (f, _header) in enumerate(headers):
+        # one file's pixels at a time: the headers kept for the writers never hold pixel data
+        ds = _read_header(f, what="full")
+        if ds is None:
+            raise InputError(f"{f} could not be read again; was it changed or removed while reading?")
         try:
             raw = ds.pixel_array
         except Exception as exc:  # missing decoder for a compressed transfer syntax, truncated pixel data

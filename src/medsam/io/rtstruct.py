@@ -36,7 +36,7 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     """Closed contours of a 2D boolean mask as (N, 2) float arrays of (column, row) pixel coordinates.
 
     Outer boundaries and hole boundaries both come out (the even-odd rule tells them apart). A contour of
-    one or two pixels becomes the square around them, so every contour has at least 3 points.
+    one or two pixels becomes a small rectangle around their centres, so every contour has 3+ points.
     """
     import cv2
 
@@ -45,7 +45,7 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     for c in found:
         pts = c.reshape(-1, 2).astype(np.float64)
         if len(pts) < 3:
-            lo, hi = pts.min(axis=0) - 0.5, pts.max(axis=0) + 0.5
+            lo, hi = pts.min(axis=0) - 0.25, pts.max(axis=0) + 0.25  # holds those pixel centres only
             pts = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
         contours.append(pts)
     return contours
@@ -197,7 +197,8 @@ def read_rtstruct_labels(path: str | Path, reference: Volume) -> tuple[np.ndarra
     """Rasterise an RT-STRUCT's contours onto a DICOM ``reference`` volume's grid.
 
     Returns the (z, y, x) label map (value = ROINumber; later ROIs win overlaps) and {ROINumber: ROIName}.
-    Contours on one slice combine by the even-odd rule (an inner contour is a hole). Contours that
+    Contours on one slice combine by the even-odd rule (an inner contour is a hole); pixels on a contour line
+    count as inside (this module's contours pass through boundary pixel centres). Contours that
     reference a slice outside the reference series are an InputError.
     """
     import cv2
@@ -218,6 +219,7 @@ def read_rtstruct_labels(path: str | Path, reference: Volume) -> tuple[np.ndarra
     for roi in getattr(ds, "ROIContourSequence", []):
         number = int(roi.ReferencedROINumber)
         parity = np.zeros(reference.shape, dtype=np.uint8)
+        edges = np.zeros(reference.shape, dtype=np.uint8)
         for contour in getattr(roi, "ContourSequence", []):
             refs = getattr(contour, "ContourImageSequence", [])
             if not refs:
@@ -228,8 +230,11 @@ def read_rtstruct_labels(path: str | Path, reference: Volume) -> tuple[np.ndarra
             k = slice_of[uid]
             xyz = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64).reshape(-1, 3)
             cr = _patient_to_pixel(xyz, info.positions_mm[k], info.orientation, info.pixel_spacing_mm)
+            polygon = [np.round(cr).astype(np.int32).reshape(-1, 1, 2)]
             filled = np.zeros((rows, cols), dtype=np.uint8)
-            cv2.fillPoly(filled, [np.round(cr).astype(np.int32).reshape(-1, 1, 2)], 1)
+            cv2.fillPoly(filled, polygon, 1)
             parity[k] ^= filled
-        out[parity.astype(bool)] = number
+            # contours run through the centres of the object's boundary pixels, holes' too: keep those pixels
+            cv2.polylines(edges[k], polygon, isClosed=True, color=1)
+        out[(parity | edges).astype(bool)] = number
     return out, names
