@@ -225,3 +225,20 @@ def test_missing_slice_warns_and_dicom_outputs_keep_each_slice_position(tmp_path
     assert contour.ContourImageSequence[0].ReferencedSOPInstanceUID == s.sop_uids[4]
     pts = np.asarray(contour.ContourData, float).reshape(-1, 3)
     assert np.abs((pts - s.origin) @ s.direction[:, 2] - 12.0).max() < 1e-3
+
+
+def test_dicom_outputs_pass_the_dicom3tools_validator(tmp_path, volume):
+    """dciodvfy (Debian package dicom3tools) checks each IOD's required attributes; skipped when absent."""
+    import shutil
+    import subprocess
+
+    validator = shutil.which("dciodvfy")
+    if validator is None:
+        pytest.skip("dciodvfy (apt-get install dicom3tools) is not installed")
+    labels = _object_labels(volume.shape)
+    write_dicom_seg(labels, volume, tmp_path / "seg.dcm")
+    write_rtstruct(labels, volume, tmp_path / "rs.dcm")
+    for name in ("seg.dcm", "rs.dcm"):
+        result = subprocess.run([validator, str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+        errors = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")]
+        assert errors == [], f"{name}: {errors}"

@@ -116,6 +116,8 @@ def write_rtstruct(
         if tag not in ds:
             setattr(ds, tag, "")  # type 2 attributes: present, may be empty
     ds.StudyInstanceUID = info.study_instance_uid
+    ds.FrameOfReferenceUID = info.frame_of_reference_uid
+    ds.PositionReferenceIndicator = str(getattr(first, "PositionReferenceIndicator", "") or "")
     ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
     ds.SOPInstanceUID = sop_uid
     ds.Modality = "RTSTRUCT"
