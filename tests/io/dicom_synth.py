@@ -134,3 +134,92 @@ def write_ct_series(
         folder, hu, direction, np.asarray(origin, float), (slice_step_mm, *pixel_spacing_rc),
         series_uid, frame_uid, study_uid, sop_uids,
     )
+
+
+def write_enhanced_ct(
+    path: Path,
+    *,
+    num_frames: int = 5,
+    rows: int = 24,
+    cols: int = 20,
+    pixel_spacing_rc: tuple[float, float] = (0.9, 0.6),
+    slice_step_mm: float = 2.5,
+    angles_deg: tuple[float, float, float] = (0.0, 30.0, 10.0),
+    origin: tuple[float, float, float] = (5.0, -20.0, 60.0),
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    frame_order_seed: int = 3,
+) -> tuple[SynthSeries, list[int]]:
+    """Write an Enhanced CT multi-frame file whose frames are stored out of spatial order.
+
+    Returns the series description (``hu`` in spatial order) and, for each spatial slice, its 1-based frame.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    def item(**kw):
+        ds = Dataset()
+        for k, v in kw.items():
+            setattr(ds, k, v)
+        return ds
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rot = rotation(*angles_deg)
+    row_dir, col_dir, normal = rot[:, 0], rot[:, 1], rot[:, 2]
+    hu = hu_pattern((num_frames, rows, cols))
+    raw = np.round((hu - intercept) / slope).astype(np.uint16)
+    hu = raw.astype(np.float64) * slope + intercept
+    order = list(range(num_frames))
+    np.random.default_rng(frame_order_seed).shuffle(order)  # order[f] = spatial slice stored as frame f+1
+    frame_of_slice = [0] * num_frames
+    for f, k in enumerate(order):
+        frame_of_slice[k] = f + 1
+
+    sop_uid, series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid(), generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Synthetic^Enhanced", "SYN002", "", "O"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "120000", "2", "", ""
+    ds.ContentDate, ds.ContentTime, ds.AcquisitionDateTime = "20240101", "120000", "20240101120000"
+    ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "medsam-tests", 5, 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.PositionReferenceIndicator = ""
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, num_frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SharedFunctionalGroupsSequence = Sequence([
+        item(
+            PixelMeasuresSequence=Sequence([item(
+                PixelSpacing=[f"{pixel_spacing_rc[0]:g}", f"{pixel_spacing_rc[1]:g}"], SliceThickness="3"
+            )]),
+            PlaneOrientationSequence=Sequence([item(
+                ImageOrientationPatient=[f"{v:.6f}" for v in np.concatenate([row_dir, col_dir])]
+            )]),
+            PixelValueTransformationSequence=Sequence([item(
+                RescaleSlope=f"{slope:g}", RescaleIntercept=f"{intercept:g}", RescaleType="HU"
+            )]),
+        )
+    ])
+    per_frame = []
+    for f, k in enumerate(order):
+        position = np.asarray(origin) + k * slice_step_mm * normal
+        per_frame.append(item(
+            PlanePositionSequence=Sequence([item(ImagePositionPatient=[f"{v:.6f}" for v in position])]),
+            FrameContentSequence=Sequence([item(DimensionIndexValues=[f + 1])]),
+        ))
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PixelData = np.stack([raw[k] for k in order]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    series = SynthSeries(
+        path.parent, hu, np.column_stack([row_dir, col_dir, normal]), np.asarray(origin, float),
+        (slice_step_mm, *pixel_spacing_rc), series_uid, frame_uid, study_uid, [sop_uid] * num_frames,
+    )
+    return series, frame_of_slice

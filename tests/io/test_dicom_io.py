@@ -242,3 +242,54 @@ def test_dicom_outputs_pass_the_dicom3tools_validator(tmp_path, volume):
         result = subprocess.run([validator, str(tmp_path / name)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("Error")]
         assert errors == [], f"{name}: {errors}"
+
+
+def test_enhanced_multiframe_ct_reads_in_spatial_order(tmp_path):
+    from dicom_synth import write_enhanced_ct
+
+    s, frame_of_slice = write_enhanced_ct(tmp_path / "enh" / "ct.dcm")
+    v = read_volume(tmp_path / "enh" / "ct.dcm")
+    assert v.shape == (5, 24, 20) and np.array_equal(v.array, s.hu)
+    assert v.spacing_mm == pytest.approx((2.5, 0.9, 0.6), abs=1e-5)
+    assert v.origin_mm == pytest.approx(tuple(s.origin), abs=1e-5)
+    assert np.allclose(v.direction, s.direction, atol=1e-5)
+    info = v.metadata["dicom"]
+    assert list(info.frame_numbers) == frame_of_slice and len(info.datasets) == 1
+    assert read_volume(tmp_path / "enh").shape == v.shape  # the folder gives the same volume
+
+
+def test_enhanced_multiframe_outputs_reference_frames(tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from dicom_synth import write_enhanced_ct
+
+    s, frame_of_slice = write_enhanced_ct(tmp_path / "enh" / "ct.dcm")
+    v = read_volume(s.folder / "ct.dcm")
+    labels = np.zeros(v.shape, np.uint8)
+    labels[1:4, 5:15, 4:12] = 1
+    labels[3, 2:4, 2:4] = 2
+    write_dicom_seg(labels, v, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    refs = set()
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert source.ReferencedSOPInstanceUID == s.sop_uids[0]
+        refs.add((int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber), int(source.ReferencedFrameNumber)))
+    assert refs == {(1, frame_of_slice[k]) for k in (1, 2, 3)} | {(2, frame_of_slice[3])}
+
+    write_rtstruct(labels, v, tmp_path / "rs.dcm")
+    ds = pydicom.dcmread(tmp_path / "rs.dcm")
+    first = ds.ROIContourSequence[0].ContourSequence[0].ContourImageSequence[0]
+    assert int(first.ReferencedFrameNumber) == frame_of_slice[1]
+    back, _ = read_rtstruct_labels(tmp_path / "rs.dcm", v)
+    assert np.array_equal(back, labels)
+
+
+def test_multiframe_file_mixed_with_slices_is_refused(tmp_path):
+    from dicom_synth import write_enhanced_ct
+
+    s, _ = write_enhanced_ct(tmp_path / "mix" / "enh.dcm")
+    write_ct_series(tmp_path / "mix", num_slices=3, series_uid=s.series_uid)
+    with pytest.raises(InputError, match="mixes a multi-frame file"):
+        read_volume(tmp_path / "mix")

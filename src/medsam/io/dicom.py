@@ -12,8 +12,11 @@ origin is the first sorted slice's ImagePositionPatient; everything in the DICOM
 What the DICOM-SEG and RT-STRUCT writers need is kept as a :class:`DicomSeriesInfo` in
 ``volume.metadata["dicom"]``.
 
-pydicom is imported lazily. Enhanced multi-frame files (one file holding all slices) are not read yet;
-they raise an InputError that says how to convert them.
+An enhanced multi-frame file (one file holding every slice) is read too: its frames are placed by their
+functional groups (PlanePositionSequence, PlaneOrientationSequence, PixelMeasuresSequence,
+PixelValueTransformationSequence), and ``DicomSeriesInfo.frame_numbers`` maps slices back to frames.
+
+pydicom is imported lazily.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ _SCAN_TAGS = (
 
 @dataclass(frozen=True)
 class DicomSeriesSummary:
-    """One series found in a folder: its UID, how many image files it has, and what it says it is."""
+    """One series found in a folder: its UID, its image files and slices (frames), and what it says it is."""
 
     series_instance_uid: str
     num_files: int
@@ -53,11 +56,14 @@ class DicomSeriesSummary:
     description: str
     series_number: int | None
     files: tuple[Path, ...]
+    num_slices: int = 0
 
     def __str__(self) -> str:
         what = " ".join(p for p in (self.modality or "", repr(self.description) if self.description else "") if p)
         number = f" #{self.series_number}" if self.series_number is not None else ""
-        return f"{self.series_instance_uid}{number} ({self.num_files} files{', ' + what if what else ''})"
+        files = f"{self.num_files} file{'s' if self.num_files != 1 else ''}"
+        count = f"{self.num_slices} slices in {files}" if self.num_slices != self.num_files else files
+        return f"{self.series_instance_uid}{number} ({count}{', ' + what if what else ''})"
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,9 @@ class DicomSeriesInfo:
 
     positions_mm: (z, 3) ImagePositionPatient of each slice; orientation: (6,) ImageOrientationPatient
     (row then column direction cosines); pixel_spacing_mm: (row spacing = y, column spacing = x).
-    datasets: each slice's header (pixel data removed), for highdicom's ``source_images``.
+    datasets: the source headers (pixel data removed) for highdicom's ``source_images``: one per slice, or
+        the single header of a multi-frame source.
+    frame_numbers: for a multi-frame source, each slice's 1-based frame number in the file; else None.
     """
 
     series_instance_uid: str
@@ -81,6 +89,7 @@ class DicomSeriesInfo:
     modality: str | None
     series_description: str
     datasets: tuple[Any, ...]
+    frame_numbers: tuple[int, ...] | None = None
 
     @property
     def num_slices(self) -> int:
@@ -171,9 +180,10 @@ def find_dicom_series(folder: str | Path) -> list[DicomSeriesSummary]:
                 description=str(getattr(first, "SeriesDescription", "")),
                 series_number=int(number) if number not in (None, "") else None,
                 files=tuple(p for p, _ in members),
+                num_slices=sum(_num_frames(ds) for _, ds in members),
             )
         )
-    summaries.sort(key=lambda s: (-s.num_files, s.series_instance_uid))
+    summaries.sort(key=lambda s: (-s.num_slices, s.series_instance_uid))
     return summaries
 
 
@@ -200,21 +210,27 @@ def read_dicom(path: str | Path, *, series_uid: str | None = None) -> Volume:
         header = _read_header(path)
         if header is None or "SeriesInstanceUID" not in header:
             raise InputError(f"{path} is not a readable DICOM file; check the file, or give the series folder")
-        _refuse_multiframe(path, header)
         uid = str(header.SeriesInstanceUID)
         if series_uid is not None and series_uid != uid:
             raise InputError(
                 f"{path} belongs to series {uid}, not to the asked series {series_uid}; give the folder to choose "
                 "among several series"
             )
-        siblings = [s for s in find_dicom_series_flat(path.parent) if s.series_instance_uid == uid]
-        chosen = siblings[0] if siblings else DicomSeriesSummary(uid, 1, None, "", None, (path,))
-        if chosen.num_files < 2:
+        if _num_frames(header) > 1:  # an enhanced multi-frame image holds the whole volume
+            siblings = [DicomSeriesSummary(uid, 1, None, "", None, (path,), _num_frames(header))]
+        else:
+            siblings = [s for s in find_dicom_series_flat(path.parent) if s.series_instance_uid == uid]
+        chosen = siblings[0] if siblings else DicomSeriesSummary(uid, 1, None, "", None, (path,), 1)
+        if chosen.num_slices < 2:
             raise InputError(
                 f"{path} is a single 2D DICOM image and its folder holds no other slice of its series; "
                 "a volume needs the whole series: give the series folder (or use `medsam segment` for 2D images)"
             )
-        note = f"read series {uid} ({chosen.num_files} files in {path.parent}) that {path.name} belongs to"
+        note = (
+            f"read the multi-frame image {path} ({chosen.num_slices} frames)"
+            if chosen.num_files == 1
+            else f"read series {uid} ({chosen.num_files} files in {path.parent}) that {path.name} belongs to"
+        )
         others = []
         files = chosen.files
     else:
@@ -237,6 +253,7 @@ def find_dicom_series_flat(folder: Path) -> list[DicomSeriesSummary]:
     """Like :func:`find_dicom_series` for the files directly in ``folder`` (no sub-folders)."""
     groups: dict[str, list[Path]] = {}
     meta: dict[str, Any] = {}
+    frames: dict[str, int] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.name.startswith(".") or not looks_like_dicom(path):
             continue
@@ -248,12 +265,13 @@ def find_dicom_series_flat(folder: Path) -> list[DicomSeriesSummary]:
         uid = str(ds.SeriesInstanceUID)
         groups.setdefault(uid, []).append(path)
         meta.setdefault(uid, ds)
+        frames[uid] = frames.get(uid, 0) + _num_frames(ds)
     return [
         DicomSeriesSummary(
             uid, len(files), str(getattr(meta[uid], "Modality", "")) or None,
-            str(getattr(meta[uid], "SeriesDescription", "")), None, tuple(files),
+            str(getattr(meta[uid], "SeriesDescription", "")), None, tuple(files), frames[uid],
         )
-        for uid, files in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        for uid, files in sorted(groups.items(), key=lambda kv: -frames[kv[0]])
     ]
 
 
@@ -279,13 +297,9 @@ def _choose_series(
     return chosen, note
 
 
-def _refuse_multiframe(path: Path, ds: Any) -> None:
+def _num_frames(ds: Any) -> int:
     frames = getattr(ds, "NumberOfFrames", None)
-    if frames not in (None, "") and int(frames) > 1:
-        raise InputError(
-            f"{path} is a multi-frame DICOM ({int(frames)} frames in one file), which is not read yet; "
-            "convert it to NIfTI (e.g. `dcm2niix`) and give the .nii.gz"
-        )
+    return int(frames) if frames not in (None, "") else 1
 
 
 def _float_list(ds: Any, keyword: str, count: int, path: Path) -> np.ndarray:
@@ -301,108 +315,22 @@ def _float_list(ds: Any, keyword: str, count: int, path: Path) -> np.ndarray:
     return array
 
 
-def _read_series_files(files: Iterable[Path], *, source: Path) -> Volume:
-    """Read, check, sort and stack the slices of one series."""
-    headers: list[tuple[Path, Any]] = []
-    for f in files:
-        ds = _read_header(f, what="header")
-        if ds is None:
-            raise InputError(f"{f} cannot be read as DICOM although it looked like one; it may be corrupt")
-        _refuse_multiframe(f, ds)
-        headers.append((f, ds))
-    if len(headers) < 2:
-        raise InputError(
-            f"{source}: the series has a single slice, which is a 2D image, not a volume "
-            "(use `medsam segment` for 2D images)"
-        )
+@dataclass
+class _Slice:
+    """One 2D image of the series: a single-frame file, or one frame of a multi-frame file."""
 
-    first_path, first = headers[0]
-    size = (int(first.Rows), int(first.Columns))
-    orientation = _float_list(first, "ImageOrientationPatient", 6, first_path)
-    spacing_rc = _float_list(first, "PixelSpacing", 2, first_path)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    if np.linalg.norm(normal) < 0.5:
-        raise InputError(f"{first_path}: ImageOrientationPatient {orientation.tolist()} is not two orthogonal unit vectors")
-    normal /= np.linalg.norm(normal)
+    path: Path
+    header: Any
+    frame: int | None  # 1-based frame number in a multi-frame file, None for a single-frame file
+    orientation: np.ndarray
+    position: np.ndarray
+    spacing_rc: np.ndarray
+    slope: float
+    intercept: float
 
-    positions, projections = [], []
-    for f, ds in headers:
-        samples = int(getattr(ds, "SamplesPerPixel", 1))
-        if samples != 1:
-            raise InputError(f"{f} has {samples} samples per pixel (colour); volumes must be grayscale")
-        if (int(ds.Rows), int(ds.Columns)) != size:
-            raise InputError(
-                f"series {first.SeriesInstanceUID} mixes image sizes: {first_path.name} is "
-                f"{size[0]}x{size[1]} but {f.name} is {int(ds.Rows)}x{int(ds.Columns)} (rows x columns). "
-                "It is not one volume: export each part as its own series, or pass the folder of one part"
-            )
-        iop = _float_list(ds, "ImageOrientationPatient", 6, f)
-        if np.max(np.abs(iop - orientation)) > _ORIENTATION_TOLERANCE:
-            raise InputError(
-                f"series {first.SeriesInstanceUID} mixes slice orientations ({first_path.name}: "
-                f"{np.round(orientation, 4).tolist()}, {f.name}: {np.round(iop, 4).tolist()}), e.g. a localizer "
-                "stored with the slices. It is not one volume: remove the odd files or export each stack on its own"
-            )
-        ps = _float_list(ds, "PixelSpacing", 2, f)
-        if np.max(np.abs(ps - spacing_rc)) > _SPACING_TOLERANCE_MM:
-            raise InputError(
-                f"series {first.SeriesInstanceUID} mixes pixel spacings ({first_path.name}: {spacing_rc.tolist()}, "
-                f"{f.name}: {ps.tolist()}); it is not one volume"
-            )
-        ipp = _float_list(ds, "ImagePositionPatient", 3, f)
-        positions.append(ipp)
-        projections.append(float(ipp @ normal))
-
-    order = np.argsort(np.asarray(projections), kind="stable")
-    proj = np.asarray(projections)[order]
-    steps = np.diff(proj)
-    if np.any(steps < _SPACING_TOLERANCE_MM):
-        dup = int(np.argmax(steps < _SPACING_TOLERANCE_MM))
-        a, b = headers[order[dup]][0].name, headers[order[dup + 1]][0].name
-        raise InputError(
-            f"series {first.SeriesInstanceUID} has several images at the same slice position ({a} and {b}, "
-            f"{len(set(np.round(proj, 3)))} positions for {len(proj)} images): it mixes echoes, phases or "
-            "time points. Export one of them as its own series (or convert with dcm2niix, which splits them)"
-        )
-    z_spacing = float((proj[-1] - proj[0]) / (len(proj) - 1))
-    nonuniform = bool(np.max(np.abs(steps - z_spacing)) > max(0.01 * z_spacing, _SPACING_TOLERANCE_MM))
-    if nonuniform:
-        msg = (
-            f"series {first.SeriesInstanceUID}: slice distances vary from {steps.min():.4g} to {steps.max():.4g} mm "
-            f"(missing slices?); the volume uses their mean {z_spacing:.4g} mm, DICOM outputs keep each slice's "
-            "own position"
-        )
-        log.warning(msg)
-        warnings.warn(msg, UserWarning, stacklevel=3)
-
-    sorted_headers = [headers[i] for i in order]
-    array = _stack_pixels(sorted_headers)
-
-    direction = np.column_stack([row_dir, col_dir, normal])
-    modality = str(getattr(first, "Modality", "")).upper() or None
-    info = DicomSeriesInfo(
-        series_instance_uid=str(first.SeriesInstanceUID),
-        study_instance_uid=str(getattr(first, "StudyInstanceUID", "")),
-        frame_of_reference_uid=str(getattr(first, "FrameOfReferenceUID", "")),
-        sop_class_uid=str(getattr(first, "SOPClassUID", "")),
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for _, ds in sorted_headers),
-        files=tuple(Path(f) for f, _ in sorted_headers),
-        positions_mm=np.asarray([positions[i] for i in order]),
-        orientation=orientation,
-        pixel_spacing_mm=(float(spacing_rc[0]), float(spacing_rc[1])),
-        modality=modality,
-        series_description=str(getattr(first, "SeriesDescription", "")),
-        datasets=tuple(ds for _, ds in sorted_headers),
-    )
-    return Volume(
-        array=array,
-        spacing_mm=(z_spacing, float(spacing_rc[0]), float(spacing_rc[1])),
-        origin_mm=tuple(positions[order[0]]),
-        direction=direction,
-        modality=modality,
-        metadata={"dicom": info, "nonuniform_slice_spacing": nonuniform},
-    )
+    @property
+    def name(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame}"
 
 
 def _rescale(ds: Any) -> tuple[float, float]:
@@ -411,46 +339,212 @@ def _rescale(ds: Any) -> tuple[float, float]:
     return slope, intercept
 
 
-def _output_dtype(headers: list[tuple[Path, Any]]) -> np.dtype:
+def _single_frame_slice(path: Path, ds: Any) -> _Slice:
+    slope, intercept = _rescale(ds)
+    return _Slice(
+        path, ds, None,
+        _float_list(ds, "ImageOrientationPatient", 6, path),
+        _float_list(ds, "ImagePositionPatient", 3, path),
+        _float_list(ds, "PixelSpacing", 2, path),
+        slope, intercept,
+    )
+
+
+def _functional_group(ds: Any, index: int, sequence: str) -> Any | None:
+    """Item of a functional group macro for frame ``index`` (0-based): per-frame first, then shared."""
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+    candidates = []
+    if per_frame and index < len(per_frame):
+        candidates.append(per_frame[index])
+    if shared:
+        candidates.append(shared[0])
+    for item in candidates:
+        seq = getattr(item, sequence, None)
+        if seq:
+            return seq[0]
+    return None
+
+
+def _multi_frame_slices(path: Path, ds: Any) -> list[_Slice]:
+    """The frames of an enhanced multi-frame image, placed by their functional groups."""
+    slices = []
+    for i in range(_num_frames(ds)):
+        plane = _functional_group(ds, i, "PlaneOrientationSequence")
+        position = _functional_group(ds, i, "PlanePositionSequence")
+        measures = _functional_group(ds, i, "PixelMeasuresSequence")
+        if plane is None or position is None or measures is None:
+            raise InputError(
+                f"{path} is a multi-frame DICOM without per-frame plane positions/orientations; it cannot be "
+                "placed in 3D. Convert it to NIfTI (e.g. `dcm2niix`) and give the .nii.gz"
+            )
+        transform = _functional_group(ds, i, "PixelValueTransformationSequence")
+        slope, intercept = _rescale(transform if transform is not None else ds)
+        slices.append(
+            _Slice(
+                path, ds, i + 1,
+                _float_list(plane, "ImageOrientationPatient", 6, path),
+                _float_list(position, "ImagePositionPatient", 3, path),
+                _float_list(measures, "PixelSpacing", 2, path),
+                slope, intercept,
+            )
+        )
+    return slices
+
+
+def _read_series_files(files: Iterable[Path], *, source: Path) -> Volume:
+    """Read, check, sort and stack the slices of one series (single-frame files or one multi-frame file)."""
+    slices: list[_Slice] = []
+    files = list(files)
+    for f in files:
+        ds = _read_header(f, what="header")
+        if ds is None:
+            raise InputError(f"{f} cannot be read as DICOM although it looked like one; it may be corrupt")
+        if _num_frames(ds) > 1:
+            if len(files) > 1:
+                raise InputError(
+                    f"series {ds.SeriesInstanceUID} mixes a multi-frame file ({f.name}) with other files; "
+                    "give the multi-frame file on its own"
+                )
+            slices.extend(_multi_frame_slices(f, ds))
+        else:
+            slices.append(_single_frame_slice(f, ds))
+    if len(slices) < 2:
+        raise InputError(
+            f"{source}: the series has a single slice, which is a 2D image, not a volume "
+            "(use `medsam segment` for 2D images)"
+        )
+
+    first = slices[0]
+    uid = first.header.SeriesInstanceUID
+    size = (int(first.header.Rows), int(first.header.Columns))
+    row_dir, col_dir = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    if np.linalg.norm(normal) < 0.5:
+        raise InputError(
+            f"{first.path}: ImageOrientationPatient {first.orientation.tolist()} is not two orthogonal unit vectors"
+        )
+    normal /= np.linalg.norm(normal)
+
+    for s in slices:
+        samples = int(getattr(s.header, "SamplesPerPixel", 1))
+        if samples != 1:
+            raise InputError(f"{s.path} has {samples} samples per pixel (colour); volumes must be grayscale")
+        rc = (int(s.header.Rows), int(s.header.Columns))
+        if rc != size:
+            raise InputError(
+                f"series {uid} mixes image sizes: {first.name} is {size[0]}x{size[1]} but {s.name} is "
+                f"{rc[0]}x{rc[1]} (rows x columns). It is not one volume: export each part as its own series, "
+                "or pass the folder of one part"
+            )
+        if np.max(np.abs(s.orientation - first.orientation)) > _ORIENTATION_TOLERANCE:
+            raise InputError(
+                f"series {uid} mixes slice orientations ({first.name}: {np.round(first.orientation, 4).tolist()}, "
+                f"{s.name}: {np.round(s.orientation, 4).tolist()}), e.g. a localizer stored with the slices. "
+                "It is not one volume: remove the odd files or export each stack on its own"
+            )
+        if np.max(np.abs(s.spacing_rc - first.spacing_rc)) > _SPACING_TOLERANCE_MM:
+            raise InputError(
+                f"series {uid} mixes pixel spacings ({first.name}: {first.spacing_rc.tolist()}, "
+                f"{s.name}: {s.spacing_rc.tolist()}); it is not one volume"
+            )
+
+    projections = np.array([float(s.position @ normal) for s in slices])
+    order = np.argsort(projections, kind="stable")
+    proj = projections[order]
+    steps = np.diff(proj)
+    if np.any(steps < _SPACING_TOLERANCE_MM):
+        dup = int(np.argmax(steps < _SPACING_TOLERANCE_MM))
+        a, b = slices[order[dup]].name, slices[order[dup + 1]].name
+        raise InputError(
+            f"series {uid} has several images at the same slice position ({a} and {b}, "
+            f"{len(set(np.round(proj, 3)))} positions for {len(proj)} images): it mixes echoes, phases or "
+            "time points. Export one of them as its own series (or convert with dcm2niix, which splits them)"
+        )
+    z_spacing = float((proj[-1] - proj[0]) / (len(proj) - 1))
+    nonuniform = bool(np.max(np.abs(steps - z_spacing)) > max(0.01 * z_spacing, _SPACING_TOLERANCE_MM))
+    if nonuniform:
+        msg = (
+            f"series {uid}: slice distances vary from {steps.min():.4g} to {steps.max():.4g} mm "
+            f"(missing slices?); the volume uses their mean {z_spacing:.4g} mm, DICOM outputs keep each slice's "
+            "own position"
+        )
+        log.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=3)
+
+    ordered = [slices[i] for i in order]
+    array = _stack_pixels(ordered, size)
+    multi = first.frame is not None
+    header = first.header
+    modality = str(getattr(header, "Modality", "")).upper() or None
+    info = DicomSeriesInfo(
+        series_instance_uid=str(uid),
+        study_instance_uid=str(getattr(header, "StudyInstanceUID", "")),
+        frame_of_reference_uid=str(getattr(header, "FrameOfReferenceUID", "")),
+        sop_class_uid=str(getattr(header, "SOPClassUID", "")),
+        sop_instance_uids=tuple(str(s.header.SOPInstanceUID) for s in ordered),
+        files=tuple(s.path for s in ordered),
+        positions_mm=np.asarray([s.position for s in ordered]),
+        orientation=first.orientation,
+        pixel_spacing_mm=(float(first.spacing_rc[0]), float(first.spacing_rc[1])),
+        modality=modality,
+        series_description=str(getattr(header, "SeriesDescription", "")),
+        datasets=(header,) if multi else tuple(s.header for s in ordered),
+        frame_numbers=tuple(int(s.frame) for s in ordered) if multi else None,  # type: ignore[arg-type]
+    )
+    return Volume(
+        array=array,
+        spacing_mm=(z_spacing, float(first.spacing_rc[0]), float(first.spacing_rc[1])),
+        origin_mm=tuple(ordered[0].position),
+        direction=np.column_stack([row_dir, col_dir, normal]),
+        modality=modality,
+        metadata={"dicom": info, "nonuniform_slice_spacing": nonuniform},
+    )
+
+
+def _output_dtype(slices: list[_Slice]) -> np.dtype:
     """int16 when every slice has slope 1 and an integer intercept and the values fit, else int32/float32."""
     lows, highs = [], []
-    for _, ds in headers:
-        slope, intercept = _rescale(ds)
-        if slope != 1.0 or intercept != round(intercept):
+    for s in slices:
+        if s.slope != 1.0 or s.intercept != round(s.intercept):
             return np.dtype(np.float32)
-        bits = int(getattr(ds, "BitsStored", 16))
-        signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+        bits = int(getattr(s.header, "BitsStored", 16))
+        signed = int(getattr(s.header, "PixelRepresentation", 0)) == 1
         low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        lows.append(low + intercept)
-        highs.append(high + intercept)
+        lows.append(low + s.intercept)
+        highs.append(high + s.intercept)
     info16 = np.iinfo(np.int16)
     return np.dtype(np.int16) if min(lows) >= info16.min and max(highs) <= info16.max else np.dtype(np.int32)
 
 
-def _stack_pixels(headers: list[tuple[Path, Any]]) -> np.ndarray:
-    dtype = _output_dtype(headers)
-    rows, cols = int(headers[0][1].Rows), int(headers[0][1].Columns)
-    out = np.empty((len(headers), rows, cols), dtype=dtype)
-    for k, (f, _header) in enumerate(headers):
-        # one file's pixels at a time: the headers kept for the writers never hold pixel data
-        ds = _read_header(f, what="full")
-        if ds is None:
-            raise InputError(f"{f} could not be read again; was it changed or removed while reading?")
-        try:
-            raw = ds.pixel_array
-        except Exception as exc:  # missing decoder for a compressed transfer syntax, truncated pixel data
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            name = getattr(syntax, "name", str(syntax))
-            raise InputError(
-                f"{f}: the pixel data cannot be decoded ({exc}). Transfer syntax: {name}. Compressed DICOM "
-                "needs a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg), or the "
-                "file is truncated"
-            ) from exc
-        slope, intercept = _rescale(ds)
-        if raw.shape != (rows, cols):
-            raise InputError(f"{f}: pixel data shape {raw.shape} does not match Rows x Columns {rows}x{cols}")
+def _decode(path: Path) -> np.ndarray:
+    """The stored pixel values of one file ((rows, cols), or (frames, rows, cols))."""
+    ds = _read_header(path, what="full")
+    if ds is None:
+        raise InputError(f"{path} could not be read again; was it changed or removed while reading?")
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # missing decoder for a compressed transfer syntax, truncated pixel data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise InputError(
+            f"{path}: the pixel data cannot be decoded ({exc}). Transfer syntax: {name}. Compressed DICOM "
+            "needs a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg), or the "
+            "file is truncated"
+        ) from exc
+
+
+def _stack_pixels(slices: list[_Slice], size: tuple[int, int]) -> np.ndarray:
+    """Decode one file at a time (the headers kept for the writers never hold pixel data) and rescale."""
+    dtype = _output_dtype(slices)
+    out = np.empty((len(slices), *size), dtype=dtype)
+    frames = _decode(slices[0].path) if slices[0].frame is not None else None
+    for k, s in enumerate(slices):
+        raw = frames[s.frame - 1] if frames is not None and s.frame is not None else _decode(s.path)
+        if raw.shape != size:
+            raise InputError(f"{s.name}: pixel data shape {raw.shape} does not match Rows x Columns {size}")
         if dtype == np.float32:
-            out[k] = raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+            out[k] = raw.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
         else:
-            out[k] = raw.astype(np.int32) + int(intercept)
+            out[k] = raw.astype(np.int32) + int(s.intercept)
     return out

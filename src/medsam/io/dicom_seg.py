@@ -62,6 +62,11 @@ def write_dicom_seg(
     for number, seg in enumerate(segments, start=1):
         numbered[data == seg.value] = number
 
+    if info.frame_numbers is not None:  # a multi-frame source: frames in the file's order, not slice order
+        in_frame_order = np.zeros_like(numbered)
+        in_frame_order[np.asarray(info.frame_numbers) - 1] = numbered
+        numbered = in_frame_order
+
     algorithm = hd.AlgorithmIdentificationSequence(
         name="medsam", family=codes.cid7162.ArtificialIntelligence, version=__version__
     )

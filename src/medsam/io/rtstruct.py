@@ -71,6 +71,14 @@ def _ds(**items: Any) -> Any:
     return ds
 
 
+def _image_ref(info: Any, k: int) -> Any:
+    """A reference to slice ``k``: its SOP instance, and its frame when the source is multi-frame."""
+    item = _ds(ReferencedSOPClassUID=info.sop_class_uid, ReferencedSOPInstanceUID=info.sop_instance_uids[k])
+    if info.frame_numbers is not None:
+        item.ReferencedFrameNumber = info.frame_numbers[k]
+    return item
+
+
 def write_rtstruct(
     labels: np.ndarray,
     reference: Volume,
@@ -133,9 +141,7 @@ def write_rtstruct(
     ds.StructureSetLabel = structure_set_label[:16]
     ds.OperatorsName = ""
 
-    contour_images = DicomSequence(
-        [_ds(ReferencedSOPClassUID=info.sop_class_uid, ReferencedSOPInstanceUID=uid) for uid in info.sop_instance_uids]
-    )
+    contour_images = DicomSequence([_image_ref(info, k) for k in range(info.num_slices)])
     series_item = _ds(SeriesInstanceUID=info.series_instance_uid, ContourImageSequence=contour_images)
     study_item = _ds(
         ReferencedSOPClassUID=_STUDY_COMPONENT_SOP_CLASS,
@@ -163,12 +169,9 @@ def write_rtstruct(
                 continue
             for pts in slice_contours(mask):
                 xyz = _pixel_to_patient(pts, info.positions_mm[k], info.orientation, info.pixel_spacing_mm)
-                image_ref = _ds(
-                    ReferencedSOPClassUID=info.sop_class_uid, ReferencedSOPInstanceUID=info.sop_instance_uids[k]
-                )
                 contours.append(
                     _ds(
-                        ContourImageSequence=DicomSequence([image_ref]),
+                        ContourImageSequence=DicomSequence([_image_ref(info, k)]),
                         ContourGeometricType="CLOSED_PLANAR",
                         NumberOfContourPoints=len(xyz),
                         ContourData=[f"{v:.4f}" for v in xyz.reshape(-1)],
@@ -213,7 +216,8 @@ def read_rtstruct_labels(path: str | Path, reference: Volume) -> tuple[np.ndarra
         raise InputError(f"{path} is not a readable DICOM file ({exc})") from exc
     if str(getattr(ds, "Modality", "")) != "RTSTRUCT":
         raise InputError(f"{path} is not an RT-STRUCT (Modality {getattr(ds, 'Modality', None)!r})")
-    slice_of = {uid: k for k, uid in enumerate(info.sop_instance_uids)}
+    frames = info.frame_numbers or (None,) * info.num_slices
+    slice_of = {(uid, frame): k for k, (uid, frame) in enumerate(zip(info.sop_instance_uids, frames))}
     names = {int(item.ROINumber): str(item.ROIName) for item in getattr(ds, "StructureSetROISequence", [])}
     rows, cols = reference.shape[1:]
     top = max(names, default=0)
@@ -227,9 +231,12 @@ def read_rtstruct_labels(path: str | Path, reference: Volume) -> tuple[np.ndarra
             if not refs:
                 raise InputError(f"{path}: a contour of ROI {number} references no image")
             uid = str(refs[0].ReferencedSOPInstanceUID)
-            if uid not in slice_of:
-                raise InputError(f"{path}: ROI {number} references image {uid}, which is not in the reference series")
-            k = slice_of[uid]
+            frame = getattr(refs[0], "ReferencedFrameNumber", None) if info.frame_numbers is not None else None
+            key = (uid, int(frame) if frame is not None else None)
+            if key not in slice_of:
+                where = f"image {uid}" + (f" frame {frame}" if frame is not None else "")
+                raise InputError(f"{path}: ROI {number} references {where}, which is not in the reference series")
+            k = slice_of[key]
             xyz = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64).reshape(-1, 3)
             cr = _patient_to_pixel(xyz, info.positions_mm[k], info.orientation, info.pixel_spacing_mm)
             polygon = [np.round(cr).astype(np.int32).reshape(-1, 1, 2)]
