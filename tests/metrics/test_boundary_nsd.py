@@ -102,3 +102,44 @@ def test_bad_spacing_and_tolerance():
         hd95(a, a, (1.0, -1.0))
     with pytest.raises(InputError, match="tolerance"):
         nsd(a, a, -1.0)
+
+
+@pytest.mark.parametrize("dims, sampling", [(2, (1.0, 1.0)), (2, (0.7, 1.3)), (3, (2.5, 0.6, 0.8))])
+def test_nearest_distances_equal_the_distance_transform(dims, sampling):
+    from scipy import ndimage
+
+    from medsam.metrics._checks import nearest_distances
+
+    rng = np.random.default_rng(dims)
+    shape = (30, 40) if dims == 2 else (9, 20, 17)
+    sources, targets = rng.random(shape) > 0.7, rng.random(shape) > 0.97
+    expected = ndimage.distance_transform_edt(~targets, sampling=sampling)[sources]
+    assert np.array_equal(nearest_distances(sources, targets, sampling), np.round(expected, 9))
+    assert np.all(np.isinf(nearest_distances(sources, np.zeros(shape, bool), sampling)))
+
+
+def test_ties_along_different_axes_meet_the_tolerance_alike():
+    # 4 x 0.6 mm in y and 3 x 0.8 mm in x are both 2.4 mm, though 3 * 0.8 == 2.4000000000000004 in floats
+    ref = np.zeros((12, 12), bool)
+    ref[6, 6] = True
+    pred = ref.copy()
+    pred[6, 6] = False
+    pred[2, 6] = pred[6, 9] = True
+    assert nsd(pred, ref, tolerance_mm=2.4, spacing_mm=(0.6, 0.8)) == 1.0
+
+
+def test_both_distance_paths_agree():
+    # dense voxels take the distance transform, sparse ones the k-d tree: same values either way
+    from medsam.metrics._checks import nearest_distances
+
+    rng = np.random.default_rng(9)
+    sampling = (2.5, 0.6, 0.8)
+    dense_s, dense_t = rng.random((9, 20, 17)) > 0.5, rng.random((9, 20, 17)) > 0.6
+    sparse_s = np.zeros((30, 60, 60), bool)
+    sparse_t = np.zeros_like(sparse_s)
+    sparse_s[dense_s.nonzero()] = True
+    sparse_t[dense_t.nonzero()] = True
+    assert 8 * (dense_s.sum() + dense_t.sum()) >= dense_s.size
+    assert 8 * (sparse_s.sum() + sparse_t.sum()) < sparse_s.size
+    dense = nearest_distances(dense_s, dense_t, sampling)
+    assert np.array_equal(dense, nearest_distances(sparse_s, sparse_t, sampling))

@@ -6,6 +6,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from medsam.errors import InputError
 
@@ -26,7 +27,8 @@ def mask_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray
         )
     if pred.size == 0:
         raise InputError(f"masks of shape {pred.shape} have no pixels")
-    return pred != 0, ref != 0
+    # already-boolean masks pass without a copy: score_case checks the same pair several times
+    return (pred if pred.dtype == bool else pred != 0), (ref if ref.dtype == bool else ref != 0)
 
 
 def spacing(ndim: int, spacing_mm: Sequence[float] | None) -> tuple[float, ...]:
@@ -61,3 +63,31 @@ def union_crop(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...] | None:
         hit = np.flatnonzero(union.any(axis=tuple(a for a in range(union.ndim) if a != axis)))
         crop.append(slice(int(hit[0]), int(hit[-1]) + 1))
     return tuple(crop)
+
+
+def nearest_distances(sources: np.ndarray, targets: np.ndarray, sampling: tuple[float, ...]) -> np.ndarray:
+    """Distance in mm from every True voxel of ``sources`` (in raster order) to the nearest True voxel of ``targets``.
+
+    The values of ``distance_transform_edt(~targets, sampling=sampling)[sources]``, rounded to 1e-9 mm:
+    two voxels at the same true distance along different axes (4 x 0.6 mm and 3 x 0.8 mm) can differ in
+    the last bit, and rounding makes a tolerance of 2.4 mm treat them alike. When the voxels are few for
+    the box (a thin surface in a large volume) a k-d tree over them replaces the transform of the whole
+    box, several times faster for a large organ in a CT volume. ``inf`` everywhere when ``targets`` is empty.
+    """
+    src = np.argwhere(sources)
+    if src.shape[0] == 0:
+        return np.zeros(0)
+    tgt = np.argwhere(targets)
+    if tgt.shape[0] == 0:
+        return np.full(src.shape[0], np.inf)
+    # measured here: ~2 us per voxel queried or indexed by the tree, ~0.25 us per voxel of the transform
+    if 8 * (src.shape[0] + tgt.shape[0]) >= sources.size:
+        distances: np.ndarray = ndimage.distance_transform_edt(~targets, sampling=sampling)[sources]
+        return distances.round(9)
+    from scipy.spatial import cKDTree
+
+    scale = np.asarray(sampling, dtype=np.float64)
+    _, nearest = cKDTree(tgt * scale).query(src * scale, workers=-1)
+    offsets = (tgt[nearest] - src).astype(np.float64) * scale
+    distances = np.sqrt((offsets * offsets).sum(axis=1))
+    return distances.round(9)

@@ -5,9 +5,10 @@ Boundary convention (used by :func:`nsd`, :func:`hd95` and :func:`boundary_dista
 - The boundary of a mask is the set of its voxels that have at least one *face* neighbour outside the
   mask: ``mask & ~binary_erosion(mask, face connectivity)`` (4-neighbourhood in 2D, 6 in 3D). Outside the
   array counts as background, so an object touching the image edge has a boundary there.
-- Distances are Euclidean between voxel centres in millimetres (``scipy.ndimage.distance_transform_edt``
-  with ``sampling=spacing_mm``), from each boundary voxel of one mask to the nearest boundary voxel of the
-  other. In 2D the boundary is the in-plane contour and the tolerance is in pixels when no spacing is given.
+- Distances are Euclidean between voxel centres in millimetres, from each boundary voxel of one mask to
+  the nearest boundary voxel of the other: the values of ``scipy.ndimage.distance_transform_edt`` with
+  ``sampling=spacing_mm`` (rounded to 1e-9 mm), found with a k-d tree. In 2D the boundary is the in-plane
+  contour and the tolerance is in pixels when no spacing is given.
 - Every boundary voxel weighs the same (counts, not areas). For the surfel-area variant of the official
   CVPR 2024 evaluation see :func:`medsam.metrics.nsd_challenge`.
 
@@ -24,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from medsam.metrics._checks import mask_pair, spacing, tolerance, union_crop
+from medsam.metrics._checks import mask_pair, nearest_distances, spacing, tolerance, union_crop
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:
@@ -90,16 +91,12 @@ def boundary_distances(
     if crop is None:
         return BoundaryDistances(np.zeros(0), np.zeros(0))
     # One voxel of background around the union keeps the boundary identical to the uncropped one
-    # (outside the array is background too) and leaves room for the distance transform.
+    # (outside the array is background too).
     bp = boundary(np.pad(p[crop], 1))
     br = boundary(np.pad(r[crop], 1))
-
-    def distance_to(border: np.ndarray) -> np.ndarray:
-        if not border.any():
-            return np.full(border.shape, np.inf)
-        return ndimage.distance_transform_edt(~border, sampling=sampling)
-
-    return BoundaryDistances(pred_to_ref_mm=distance_to(br)[bp], ref_to_pred_mm=distance_to(bp)[br])
+    return BoundaryDistances(
+        pred_to_ref_mm=nearest_distances(bp, br, sampling), ref_to_pred_mm=nearest_distances(br, bp, sampling)
+    )
 
 
 def nsd(
@@ -109,8 +106,8 @@ def nsd(
 
     NSD = (#pred boundary voxels within tolerance of the ref boundary + #ref boundary voxels within
     tolerance of the pred boundary) / (#pred boundary voxels + #ref boundary voxels), where the boundary is
-    the mask minus its face-connectivity erosion and distances come from
-    ``distance_transform_edt(..., sampling=spacing_mm)``; "within" is ``<=``.
+    the mask minus its face-connectivity erosion and distances are those of
+    ``distance_transform_edt(~boundary, sampling=spacing_mm)``; "within" is ``<=``.
 
     2D masks are scored on their in-plane contour (tolerance in pixels without spacing; 2.0 is the
     CVPR 2024 default). This is *not* the official CVPR 2024 2D score, which treats a 2D mask as a

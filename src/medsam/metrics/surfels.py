@@ -9,8 +9,8 @@ medical images on a laptop" evaluation (DeepMind's surface-distance method), wri
   is the marching-cubes surface at level 1/2: polygons through the midpoints of the cube edges whose two
   ends differ, triangulated. The surfel's area is the summed area of those triangles after scaling the
   three axes by the voxel spacing.
-- Distances are measured between surface cubes (cube centres, i.e. voxel corners) with a Euclidean
-  distance transform in millimetres; each surface cube carries its area as a weight.
+- Distances are Euclidean, in millimetres, from each surface cube to the nearest surface cube of the
+  other mask (cube centres, i.e. voxel corners); each surface cube carries its area as a weight.
 
 How the polygons are formed (these choices reproduce the reference areas for every one of the 256 codes):
 - The surface of a pattern and of its complement is the same surface, so a pattern with more than four
@@ -29,10 +29,9 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from medsam.errors import InputError
-from medsam.metrics._checks import mask_pair, spacing, tolerance, union_crop
+from medsam.metrics._checks import mask_pair, nearest_distances, spacing, tolerance, union_crop
 
 # Corner k of a cube sits at offset (k >> 2 & 1, k >> 1 & 1, k & 1) along axes (0, 1, 2); bit k of the
 # neighbour code is set when that corner is inside the mask.
@@ -203,15 +202,10 @@ def surfel_distances(
     border_p = (codes_p != 0) & (codes_p != 255)
     border_r = (codes_r != 0) & (codes_r != 255)
 
-    def distance_to(border: np.ndarray) -> np.ndarray:
-        if not border.any():
-            return np.full(border.shape, np.inf)
-        return ndimage.distance_transform_edt(~border, sampling=sampling)
-
     return SurfelDistances(
-        distances_pred_to_ref_mm=distance_to(border_r)[border_p],
+        distances_pred_to_ref_mm=nearest_distances(border_p, border_r, sampling),
         areas_pred_mm2=table[codes_p[border_p]],
-        distances_ref_to_pred_mm=distance_to(border_p)[border_r],
+        distances_ref_to_pred_mm=nearest_distances(border_r, border_p, sampling),
         areas_ref_mm2=table[codes_r[border_r]],
     )
 
