@@ -23,7 +23,6 @@ How the polygons are formed (these choices reproduce the reference areas for eve
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -36,7 +35,6 @@ from medsam.metrics._checks import mask_pair, nearest_distances, spacing, tolera
 # Corner k of a cube sits at offset (k >> 2 & 1, k >> 1 & 1, k & 1) along axes (0, 1, 2); bit k of the
 # neighbour code is set when that corner is inside the mask.
 _CORNERS = np.array([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], dtype=np.int64)
-_EDGES = [(a, b) for a, b in itertools.combinations(range(8), 2) if np.abs(_CORNERS[a] - _CORNERS[b]).sum() == 1]
 
 
 def _faces() -> list[list[int]]:
@@ -131,7 +129,9 @@ def _surfel_area_table(spacing_mm: tuple[float, float, float]) -> np.ndarray:
     s0, s1, s2 = spacing_mm
     # Scaling the axes by diag(s) scales an area vector's components by (s1*s2, s0*s2, s0*s1).
     scale = np.array([s1 * s2, s0 * s2, s0 * s1])
-    return np.array([float(np.linalg.norm(v * scale, axis=1).sum()) for v in _area_vectors()])
+    table = np.array([float(np.linalg.norm(v * scale, axis=1).sum()) for v in _area_vectors()])
+    table.flags.writeable = False  # cached and shared between calls
+    return table
 
 
 def neighbour_codes(mask: np.ndarray) -> np.ndarray:
