@@ -201,6 +201,8 @@ def test_outputs_saved_in_the_series_folder_do_not_disturb_reading_it(series, vo
     labels = _object_labels(volume.shape)
     write_dicom_seg(labels, volume, series.folder / "seg.dcm")
     write_rtstruct(labels, volume, series.folder / "rs.dcm")
+    with pytest.raises(InputError, match="RTSTRUCT object, not an image"):
+        read_volume(series.folder / "rs.dcm")
     import warnings
 
     with warnings.catch_warnings():

@@ -210,6 +210,11 @@ def read_dicom(path: str | Path, *, series_uid: str | None = None) -> Volume:
         header = _read_header(path)
         if header is None or "SeriesInstanceUID" not in header:
             raise InputError(f"{path} is not a readable DICOM file; check the file, or give the series folder")
+        kind = str(getattr(header, "Modality", "")).upper()
+        if kind in _NON_IMAGE_MODALITIES or "Rows" not in header:
+            raise InputError(
+                f"{path} is a DICOM {kind or 'non-image'} object, not an image; give the image series it belongs to"
+            )
         uid = str(header.SeriesInstanceUID)
         if series_uid is not None and series_uid != uid:
             raise InputError(
