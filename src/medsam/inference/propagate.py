@@ -1,0 +1,566 @@
+"""3D propagation: a prompt on a key slice spreads slice by slice, up then down (volumes and videos).
+
+    from medsam.inference.propagate import ObjectPrompt, PropagationConfig, propagate, segment_stack
+
+    prompts = [ObjectPrompt.from_box3d(Box3D(264, 228, 5, 326, 284, 11))]          # or
+    prompts = [ObjectPrompt(z=8, box=Box(264, 228, 326, 284))]                     # open-ended in z
+    for result in propagate(predictor, volume_uint8, prompts):                      # one slice at a time
+        result.z, result.object_ids, result.masks                                   # (K, H, W) bool
+    labels = segment_stack(predictor, volume_uint8, prompts).labels                 # (z, y, x), tqdm bar
+
+The stack is (z, y, x) uint8 (window the volume first) or (t, h, w, 3) uint8 frames. Boxes and points are in
+pixels of a slice, as everywhere in the toolkit; ``Box3D`` is (x0, y0, z0, x1, y1, z1), bounds inclusive.
+
+Two modes (``PropagationConfig.mode``):
+
+``reference``: the official LiteMedSAM CVPR 2024 3D procedure. The key slice is the middle one,
+``int((z1 - z0) / 2 + z0)``, prompted with the 2D box; then slices z+1 .. z1, then z-1 .. z0. Each next
+slice's box is computed in the model's 256-pixel input frame and never goes back to original pixels: the
+previous slice's mask (value = object number, 1-based) is resized with INTER_AREA to the resized shape,
+padded, and its bounding box grown by 3 px and clipped to 0..256. When that resized mask is empty the
+original box is used again: floored to integers going up, unfloored (``box * 256 / max(H, W)``) going down,
+as the official code does. Objects are independent; a later object overwrites an earlier one.
+
+``default`` (better on the dev set, see benchmarks/volume_accuracy.py): the same sweep, but each object stops
+where it ends instead of needing z limits: a slice is rejected, and the object's propagation in that
+direction ends, when its mask is empty, smaller than ``min_area_fraction`` of the key slice's mask, or the
+predicted IoU is below ``min_iou``. z limits (a ``Box3D`` or ``ObjectPrompt.z_limits``) still bound it, and a
+``Box3D``'s in-plane extent bounds every slice's box and mask (``clip_to_box``). Options: feed the previous
+slice's low-res logits as a mask prompt (``mask_prompt``), keep the largest 3D connected component
+(``largest_component``).
+
+Several objects go in one pass: each slice is encoded once, and all objects active on it are decoded
+against that one embedding in one batched decoder call. Slices are encoded ``batch_size`` at a time in the
+direction of travel (:class:`medsam.inference.slices.SliceEncoder`); only that batch and the predictor's
+bounded LRU cache hold embeddings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from medsam.errors import PromptError
+from medsam.inference.predictor import ImageEncoding, Predictor
+from medsam.inference.slices import SliceEncoder
+from medsam.preprocess.geometry import CoordinateTransform
+from medsam.types import Box, Box3D, Points
+
+Mode = Literal["default", "reference"]
+REFERENCE_BOX_SHIFT_PX = 3  # the official get_bbox256's bbox_shift, in 256-input pixels
+
+
+@dataclass(frozen=True)
+class ObjectPrompt:
+    """One object's prompt on its key slice ``z``: a box and/or points in slice pixels.
+
+    z_limits: optional inclusive (z_first, z_last) the object may not leave (a 3D box gives them).
+    extent: optional in-plane box that bounds the object on every slice (a 3D box gives it).
+    """
+
+    z: int
+    box: Box | None = None
+    points: Points | None = None
+    z_limits: tuple[int, int] | None = None
+    extent: Box | None = None
+
+    @classmethod
+    def from_box3d(cls, box: Box3D) -> "ObjectPrompt":
+        """The official key slice ``int((z1 - z0) / 2 + z0)`` with the in-plane box, z limits z0..z1."""
+        z0, z1 = int(box.z0), int(box.z1)
+        if z1 < z0:
+            raise PromptError(f"3D box {_fmt(box.as_array())}: z1 {z1} is below z0 {z0}; give z0 <= z1")
+        plane = box.box2d()
+        return cls(z=int((z1 - z0) / 2 + z0), box=plane, z_limits=(z0, z1), extent=plane)
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """How propagation runs. ``reference`` ignores every option below ``batch_size``.
+
+    min_iou: reject a slice whose predicted IoU is below this (the object has ended).
+    min_area_fraction: reject a slice whose mask is smaller than this fraction of the key slice's mask.
+    box_margin_px: growth of the box taken from the previous mask, in model-input pixels (3 = official).
+    mask_prompt: also give the previous slice's low-res logits as a mask prompt.
+    clip_to_box: keep boxes and masks inside the prompt's in-plane extent (a 3D box's x/y range).
+    largest_component: keep each object's largest 3D connected component (``segment_stack`` only).
+    stop_rule: apply the IoU/area rule (off: only z limits and empty masks end an object).
+    require_key_mask: an empty mask on a key slice is a PromptError (off: the reference mode then goes on
+        with the original box as the official code does; the default mode drops the object).
+    """
+
+    mode: Mode = "default"
+    batch_size: int = 4
+    min_iou: float = 0.6
+    min_area_fraction: float = 0.05
+    box_margin_px: int = 3
+    mask_prompt: bool = False
+    clip_to_box: bool = True
+    largest_component: bool = False
+    stop_rule: bool = True
+    require_key_mask: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("default", "reference"):
+            raise PromptError(f"propagation mode {self.mode!r}: choose 'default' or 'reference'")
+        if self.batch_size < 1:
+            raise PromptError(f"batch_size {self.batch_size}: give at least 1")
+
+
+REFERENCE = PropagationConfig(mode="reference")
+
+
+@dataclass(frozen=True)
+class ObjectEnd:
+    """Why an object's propagation ended in one direction (+1 towards higher z, -1 lower)."""
+
+    object_id: int
+    direction: int
+    last_z: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """What one slice gave: masks (K, H, W) bool and predicted IoU (K,) of the objects ``object_ids``
+    (0-based, in prompt order) accepted on slice ``z``; ``ended`` lists objects rejected on this slice."""
+
+    z: int
+    object_ids: tuple[int, ...]
+    masks: np.ndarray
+    iou_scores: np.ndarray
+    ended: tuple[ObjectEnd, ...] = ()
+
+
+@dataclass
+class _Track:
+    """Per-object state during one sweep direction (prompts in the model input frame)."""
+
+    id: int
+    prompt: ObjectPrompt
+    lo: int
+    hi: int
+    key_box_in: np.ndarray | None = None
+    extent_in: np.ndarray | None = None
+    extent_mask: np.ndarray | None = None
+    key_area: int = 0
+    key_mask: np.ndarray | None = None
+    key_logits: torch.Tensor | None = None
+    prev_mask: np.ndarray | None = None
+    prev_logits: torch.Tensor | None = None
+    active: bool = True
+
+
+def _fmt(values: Any) -> str:
+    return ",".join(f"{v:g}" for v in np.asarray(values, dtype=float).reshape(-1))
+
+
+class Propagator:
+    """One propagation run over a stack. ``run()`` is the generator; ``ends`` and ``encoder.encoded`` say
+    how it went. Build it with :func:`propagate`; it validates the prompts against the stack first."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        slices: Any,
+        prompts: Sequence[ObjectPrompt],
+        config: PropagationConfig = PropagationConfig(),
+        *,
+        source: str = "volume",
+    ) -> None:
+        self.predictor = predictor
+        self.config = config
+        self.encoder = SliceEncoder(predictor, slices, batch_size=config.batch_size, source=source)
+        self.source = source
+        self.depth = self.encoder.depth
+        self.image_hw = self.encoder.image_hw
+        self.transform: CoordinateTransform = self.encoder.transform
+        if not prompts:
+            raise PromptError("no prompt: give at least one object (a 3D box, or a box/points on a slice)")
+        self.prompts = tuple(self._validate(i, p) for i, p in enumerate(prompts))
+        self.ends: list[ObjectEnd] = []
+        self.visited: list[int] = []
+        self.seconds = 0.0
+
+    # --- prompts --------------------------------------------------------------------------------------
+
+    def _validate(self, i: int, p: ObjectPrompt) -> ObjectPrompt:
+        name = f"object {i + 1}"
+        last = self.depth - 1
+        limits = p.z_limits
+        if limits is not None:
+            z0, z1 = int(limits[0]), int(limits[1])
+            if z1 < z0:
+                raise PromptError(f"{name}: z range {z0}..{z1} is inverted; give z0 <= z1")
+            if z0 < 0 or z1 > last:
+                where = "lies outside" if (z1 < 0 or z0 > last) else "reaches beyond"
+                raise PromptError(
+                    f"{name}: z range {z0}..{z1} {where} the {self.source}'s slices 0..{last}; give slice indices "
+                    "inside it (z counts slices from 0 in the order the volume is stored)"
+                )
+            if not (z0 <= p.z <= z1):
+                raise PromptError(f"{name}: the key slice {p.z} lies outside its z range {z0}..{z1}")
+            limits = (z0, z1)
+        if not (0 <= int(p.z) <= last):
+            raise PromptError(
+                f"{name}: slice {p.z} is out of range; the {self.source} has {self.depth} slices (0..{last})"
+            )
+        if p.box is None and (p.points is None or len(p.points) == 0):
+            raise PromptError(f"{name}: give a box and/or points on slice {p.z}")
+        box = p.box.validate(self.image_hw, source=f"{name} box") if p.box is not None else None
+        if p.points is not None:
+            p.points.validate(self.image_hw, source=f"{name} points")
+        extent = p.extent.validate(self.image_hw, source=f"{name} box") if p.extent is not None else None
+        if self.config.mode == "reference" and box is None:
+            raise PromptError(f"{name}: the reference mode needs a box on the key slice (points alone are not enough)")
+        return replace(p, z=int(p.z), box=box, z_limits=limits, extent=extent)
+
+    def _tracks(self) -> list[_Track]:
+        t = self.transform
+        tracks = []
+        for i, p in enumerate(self.prompts):
+            lo, hi = p.z_limits if p.z_limits is not None else (0, self.depth - 1)
+            track = _Track(i, p, lo, hi)
+            if p.box is not None:
+                track.key_box_in = t.boxes_to_input(p.box.as_array()[None])[0]
+            if p.extent is not None and self.config.clip_to_box and self.config.mode == "default":
+                track.extent_in = t.boxes_to_input(p.extent.as_array()[None])[0]
+                h, w = self.image_hw
+                e = p.extent
+                mask = np.zeros((h, w), dtype=bool)
+                mask[int(np.floor(e.y0)) : int(np.ceil(e.y1)) + 1, int(np.floor(e.x0)) : int(np.ceil(e.x1)) + 1] = True
+                track.extent_mask = mask
+            tracks.append(track)
+        return tracks
+
+    # --- the sweep ------------------------------------------------------------------------------------
+
+    def run(self) -> Iterator[SliceResult]:
+        """Yield each visited slice's result: first the key slices and upwards, then downwards."""
+        start = time.perf_counter()
+        tracks = self._tracks()
+        try:
+            yield from self._sweep(tracks, +1)
+            for tr in tracks:  # the downward sweep starts from each key slice's mask
+                tr.prev_mask, tr.prev_logits = tr.key_mask, tr.key_logits
+                started = tr.key_mask is not None and (self.config.mode == "reference" or tr.key_mask.any())
+                tr.active = started and tr.prompt.z - 1 >= tr.lo
+                if started and tr.prompt.z - 1 < tr.lo:
+                    self.ends.append(ObjectEnd(tr.id, -1, tr.prompt.z, _limit_reason(tr.lo, self.depth, -1)))
+            yield from self._sweep(tracks, -1)
+        finally:
+            self.encoder.release()
+            self.seconds += time.perf_counter() - start
+
+    def _sweep(self, tracks: list[_Track], step: int) -> Iterator[SliceResult]:
+        if step > 0:
+            z = min(tr.prompt.z for tr in tracks)
+            stop_at = max(tr.hi for tr in tracks)
+        else:
+            candidates = [tr.prompt.z - 1 for tr in tracks if tr.active]
+            if not candidates:
+                return
+            z = max(candidates)
+            stop_at = min(tr.lo for tr in tracks)
+        while (z <= stop_at) if step > 0 else (z >= stop_at):
+            here = [tr for tr in tracks if self._on_slice(tr, z, step)]
+            if not here:  # jump to the next object's start without encoding the slices between
+                if step > 0:
+                    pending = [tr.prompt.z for tr in tracks if tr.active and tr.prompt.z > z]
+                    z = min(pending, default=stop_at + 1)
+                else:
+                    pending = [tr.prompt.z - 1 for tr in tracks if tr.active and tr.prompt.z - 1 < z]
+                    z = max(pending, default=stop_at - 1)
+                continue
+            enc = self.encoder.encoding(z, self._ahead(tracks, z, step))
+            self.visited.append(z)
+            yield self._slice(enc, here, z, step)
+            z += step
+
+    def _on_slice(self, tr: _Track, z: int, step: int) -> bool:
+        if not tr.active:
+            return False
+        if step > 0:
+            return tr.prompt.z <= z <= tr.hi
+        return tr.lo <= z < tr.prompt.z
+
+    def _ahead(self, tracks: list[_Track], z: int, step: int) -> list[int]:
+        """The slices after z in this direction that some object may still reach (for batching)."""
+        if step > 0:
+            last = max((tr.hi for tr in tracks if tr.active), default=z)
+            return list(range(z + 1, min(last, z + self.config.batch_size - 1) + 1))
+        first = min((tr.lo for tr in tracks if tr.active), default=z)
+        return list(range(z - 1, max(first, z - self.config.batch_size + 1) - 1, -1))
+
+    # --- one slice ------------------------------------------------------------------------------------
+
+    def _slice(self, enc: ImageEncoding, here: list[_Track], z: int, step: int) -> SliceResult:
+        prompts = [self._prompt(tr, z, step) for tr in here]
+        masks, ious, logits = self._decode(enc, prompts)
+        ids, kept_masks, kept_ious, ended = [], [], [], []
+        for k, tr in enumerate(here):
+            mask = masks[k]
+            if tr.extent_mask is not None:
+                mask &= tr.extent_mask
+            is_key = z == tr.prompt.z and step > 0
+            if is_key:
+                if not mask.any() and self.config.require_key_mask:
+                    raise PromptError(
+                        f"object {tr.id + 1}: the prompt found nothing on its key slice {z} (the mask is empty). "
+                        "Check that the box/points lie on the object in this slice (x, y in slice pixels; "
+                        "z = slice index)"
+                    )
+                tr.key_area = int(mask.sum())
+                tr.key_mask, tr.key_logits = mask, logits[k : k + 1]
+                reason = "the mask on the key slice is empty" if self.config.mode == "default" and not mask.any() else None
+            else:
+                reason = self._reject(tr, mask, float(ious[k]))
+            if reason is not None:
+                tr.active = False
+                end = ObjectEnd(tr.id, step, z - step, reason)
+                self.ends.append(end)
+                ended.append(end)
+                continue
+            tr.prev_mask, tr.prev_logits = mask, logits[k : k + 1]
+            ids.append(tr.id)
+            kept_masks.append(mask)
+            kept_ious.append(float(ious[k]))
+            limit = tr.hi if step > 0 else tr.lo
+            if z == limit:
+                tr.active = False
+                self.ends.append(ObjectEnd(tr.id, step, z, _limit_reason(limit, self.depth, step)))
+        h, w = self.image_hw
+        stacked = np.stack(kept_masks) if kept_masks else np.zeros((0, h, w), dtype=bool)
+        return SliceResult(z, tuple(ids), stacked, np.asarray(kept_ious, dtype=np.float32), tuple(ended))
+
+    def _reject(self, tr: _Track, mask: np.ndarray, iou: float) -> str | None:
+        if self.config.mode == "reference":
+            return None
+        area = int(mask.sum())
+        if area == 0:
+            return "the mask became empty"
+        if not self.config.stop_rule:
+            return None
+        if iou < self.config.min_iou:
+            return f"predicted IoU {iou:.2f} < {self.config.min_iou:g}"
+        if area < self.config.min_area_fraction * tr.key_area:
+            return f"area {area} px < {self.config.min_area_fraction:g} of the key slice's {tr.key_area} px"
+        return None
+
+    def _prompt(self, tr: _Track, z: int, step: int) -> dict[str, Any]:
+        """This slice's prompt for one object, in the model input frame."""
+        t = self.transform
+        if z == tr.prompt.z and step > 0:
+            pts = tr.prompt.points
+            return {
+                "box": tr.key_box_in,
+                "points": t.points_to_input(pts.coords) if pts is not None and len(pts) else None,
+                "labels": pts.labels if pts is not None and len(pts) else None,
+                "mask": None,
+            }
+        if self.config.mode == "reference":
+            return {"box": self._reference_box(tr, step), "points": None, "labels": None, "mask": None}
+        box = self._mask_box(tr.prev_mask)
+        mask = tr.prev_logits if self.config.mask_prompt else None
+        return {"box": box, "points": None, "labels": None, "mask": mask}
+
+    def _reference_box(self, tr: _Track, step: int) -> np.ndarray:
+        """The official next-slice box: bbox of the previous mask resized to 256 (INTER_AREA on the uint8
+        mask holding the object number), grown by 3 and clipped to 0..256; else the original box."""
+        t = self.transform
+        rh, rw = t.resized_hw
+        prev = tr.prev_mask.astype(np.uint8) * np.uint8(tr.id + 1)
+        small = prev if (rh, rw) == prev.shape else cv2.resize(prev, (rw, rh), interpolation=cv2.INTER_AREA)
+        ys, xs = np.nonzero(small)
+        if ys.size == 0:
+            if step > 0:
+                return tr.key_box_in
+            sx, sy = t.scale_xy
+            return tr.prompt.box.as_array() * np.array([sx, sy, sx, sy])  # unfloored, as the official code
+        size = t.input_size
+        s = REFERENCE_BOX_SHIFT_PX
+        return np.array(
+            [max(0, xs.min() - s), max(0, ys.min() - s), min(size, xs.max() + s), min(size, ys.max() + s)],
+            dtype=np.float64,
+        )
+
+    def _mask_box(self, mask: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(mask)
+        box = self.transform.boxes_to_input(np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], float))[0]
+        m = self.config.box_margin_px
+        size = self.transform.input_size
+        box = np.array([box[0] - m, box[1] - m, box[2] + m, box[3] + m])
+        box = np.clip(box, 0, size)
+        return box
+
+    def _decode(self, enc: ImageEncoding, prompts: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Decode all objects of this slice against its one embedding, one decoder call per prompt shape."""
+        device = self.predictor.device
+        groups: dict[tuple, list[int]] = {}
+        for k, p in enumerate(prompts):
+            shape = (p["box"] is not None, None if p["points"] is None else len(p["points"]), p["mask"] is not None)
+            groups.setdefault(shape, []).append(k)
+        n = len(prompts)
+        logits_all: list[torch.Tensor | None] = [None] * n
+        iou_all = np.zeros(n, dtype=np.float32)
+        for (has_box, n_points, has_mask), idx in groups.items():
+            boxes = (
+                torch.as_tensor(np.stack([prompts[k]["box"] for k in idx]), dtype=torch.float32, device=device)
+                if has_box
+                else None
+            )
+            points = labels = None
+            if n_points is not None:
+                points = torch.as_tensor(np.stack([prompts[k]["points"] for k in idx]), dtype=torch.float32, device=device)
+                labels = torch.as_tensor(np.stack([prompts[k]["labels"] for k in idx]), dtype=torch.int64, device=device)
+            mask_in = torch.cat([prompts[k]["mask"] for k in idx]).to(device) if has_mask else None
+            logits, iou = self.predictor.predict_torch(enc.embedding, boxes, points, labels, mask_in, multimask=False)
+            for j, k in enumerate(idx):
+                logits_all[k] = logits[j : j + 1]
+                iou_all[k] = float(iou[j, 0])
+        logits = torch.cat(logits_all)  # type: ignore[arg-type]
+        masks = self.predictor.postprocess(logits, enc.transform)[:, 0].cpu().numpy()
+        return masks, iou_all, logits
+
+
+def _limit_reason(limit: int, depth: int, step: int) -> str:
+    end = depth - 1 if step > 0 else 0
+    return "reached the last slice" if limit == end else f"reached its z limit {limit}"
+
+
+def propagate(
+    predictor: Predictor,
+    slices: Any,
+    prompts: Sequence[ObjectPrompt],
+    config: PropagationConfig = PropagationConfig(),
+    *,
+    source: str = "volume",
+) -> Iterator[SliceResult]:
+    """Propagate ``prompts`` through ``slices`` and yield each visited slice's :class:`SliceResult`
+    (upwards from the key slices first, then downwards). Prompts are checked before anything is encoded."""
+    return Propagator(predictor, slices, prompts, config, source=source).run()
+
+
+# --- a whole stack to a label volume -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectTrackSummary:
+    """One object's outcome: label value, slices it covers, voxels, and why it stopped each way."""
+
+    object_id: int
+    label: int
+    z_range: tuple[int, int] | None
+    voxels: int
+    ends: tuple[ObjectEnd, ...]
+
+
+@dataclass(frozen=True)
+class StackSegmentation:
+    """The result of :func:`segment_stack`.
+
+    labels: (z, y, x) uint8/uint16, object i (0-based) has value i + 1 (a later object wins overlaps).
+    slices_visited / slices_encoded: slices decoded / slices that ran through the encoder (batching may
+    encode a few slices ahead that an object then never reached).
+    """
+
+    labels: np.ndarray
+    objects: tuple[ObjectTrackSummary, ...]
+    slices_visited: int
+    slices_encoded: int
+    seconds: float
+    config: PropagationConfig = field(default_factory=PropagationConfig)
+
+
+def segment_stack(
+    predictor: Predictor,
+    slices: Any,
+    prompts: Sequence[ObjectPrompt],
+    config: PropagationConfig = PropagationConfig(),
+    *,
+    progress: bool = True,
+    source: str = "volume",
+    description: str = "propagating",
+) -> StackSegmentation:
+    """Run :func:`propagate` to the end with a tqdm bar and build the label volume.
+
+    Object masks are kept as crops around each slice's mask, so memory stays near the label volume's.
+    ``config.largest_component`` keeps each object's largest 3D connected component (26-connectivity).
+    """
+    from tqdm.auto import tqdm
+
+    run = Propagator(predictor, slices, prompts, config, source=source)
+    depth, (h, w) = run.depth, run.image_hw
+    crops: list[dict[int, tuple[int, int, np.ndarray]]] = [dict() for _ in run.prompts]
+    total = _expected_slices(run)
+    with tqdm(total=total, desc=description, unit="slice", disable=not progress, leave=False) as bar:
+        for result in run.run():
+            for k, obj in enumerate(result.object_ids):
+                ys, xs = np.flatnonzero(result.masks[k].any(axis=1)), np.flatnonzero(result.masks[k].any(axis=0))
+                if ys.size == 0:
+                    continue
+                y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+                crops[obj][result.z] = (int(y0), int(x0), result.masks[k][y0:y1, x0:x1].copy())
+            bar.update(1)
+            if bar.total is not None and bar.n > bar.total:
+                bar.total = bar.n
+    n = len(run.prompts)
+    labels = np.zeros((depth, h, w), dtype=np.uint8 if n < 256 else np.uint16)
+    summaries = []
+    for obj in range(n):
+        volume_box = _paste_object(crops[obj], labels, obj + 1, config.largest_component and config.mode == "default")
+        ends = tuple(e for e in run.ends if e.object_id == obj)
+        summaries.append(ObjectTrackSummary(obj, obj + 1, volume_box[0], volume_box[1], ends))
+    return StackSegmentation(
+        labels, tuple(summaries), len(run.visited), run.encoder.encoded, run.seconds, config
+    )
+
+
+def _expected_slices(run: Propagator) -> int | None:
+    covered: set[int] = set()
+    for p in run.prompts:
+        lo, hi = p.z_limits if p.z_limits is not None else (0, run.depth - 1)
+        covered.update(range(lo, hi + 1))
+    return len(covered)
+
+
+def _paste_object(
+    crops: dict[int, tuple[int, int, np.ndarray]], labels: np.ndarray, value: int, largest: bool
+) -> tuple[tuple[int, int] | None, int]:
+    """Write one object's slice crops into ``labels`` (overwriting); return its z range and voxel count."""
+    if not crops:
+        return None, 0
+    zs = sorted(crops)
+    y0 = min(c[0] for c in crops.values())
+    x0 = min(c[1] for c in crops.values())
+    y1 = max(c[0] + c[2].shape[0] for c in crops.values())
+    x1 = max(c[1] + c[2].shape[1] for c in crops.values())
+    block = np.zeros((zs[-1] - zs[0] + 1, y1 - y0, x1 - x0), dtype=bool)
+    for z, (cy, cx, m) in crops.items():
+        block[z - zs[0], cy - y0 : cy - y0 + m.shape[0], cx - x0 : cx - x0 + m.shape[1]] = m
+    if largest:
+        block = largest_component(block)
+    region = labels[zs[0] : zs[-1] + 1, y0:y1, x0:x1]
+    region[block] = value
+    nz = np.flatnonzero(block.reshape(block.shape[0], -1).any(axis=1))
+    if nz.size == 0:
+        return None, 0
+    return (int(zs[0] + nz[0]), int(zs[0] + nz[-1])), int(block.sum())
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of a boolean mask (26-connectivity in 3D, 8 in 2D)."""
+    from scipy import ndimage
+
+    structure = np.ones((3,) * mask.ndim, dtype=bool)
+    labelled, count = ndimage.label(mask, structure=structure)
+    if count <= 1:
+        return mask.astype(bool, copy=False)
+    sizes = np.bincount(labelled.reshape(-1))
+    sizes[0] = 0
+    return labelled == int(np.argmax(sizes))
