@@ -94,7 +94,7 @@ def _read_hf_folder(folder: Path) -> LoadedCheckpoint:
     raw = _read_safetensors(weights) if weights.suffix == ".safetensors" else _torch_load(weights)
     from medsam.models.hf import convert_hf_state_dict
 
-    state = convert_hf_state_dict(_tensors_only(raw, weights))
+    state = convert_hf_state_dict(_tensors_only(raw, weights), source=str(weights))
     return LoadedCheckpoint(state, folder, "huggingface", {"hf_config": config})
 
 
@@ -125,7 +125,7 @@ def _from_raw(raw: Any, path: Path, fmt: str) -> LoadedCheckpoint:
     if any(k.startswith("vision_encoder.") for k in state):
         from medsam.models.hf import convert_hf_state_dict
 
-        state = convert_hf_state_dict(state)
+        state = convert_hf_state_dict(state, source=str(path))
         fmt = "huggingface"
     return LoadedCheckpoint(state, path, fmt, metadata)
 
@@ -147,6 +147,11 @@ def describe_architecture(state: Mapping[str, torch.Tensor]) -> str:
 
 def load_into(model: nn.Module, checkpoint: LoadedCheckpoint, *, model_name: str) -> None:
     """Strictly load a checkpoint into a model; a mismatch names the missing and unexpected keys."""
+    hf_config = checkpoint.metadata.get("hf_config")
+    if checkpoint.format == "huggingface" and isinstance(hf_config, Mapping):
+        from medsam.models.hf import check_hf_config
+
+        check_hf_config(hf_config, model, model_name=model_name, source=checkpoint.path)
     state = checkpoint.state_dict
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

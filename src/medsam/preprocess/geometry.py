@@ -50,9 +50,13 @@ MEDSAM = PreprocessConfig("medsam", 1024, "square", "bicubic", True)
 SAM = PreprocessConfig(
     "sam", 1024, "longest_side", "bilinear", False, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 )
-# Hugging Face SamProcessor: longest side 1024 (PIL bilinear), rescale by 1/255, ImageNet mean/std, pad.
-# Numerically the same as SAM's own pipeline; it differs from MedSAM's training pipeline (square stretch,
-# min-max), which is why a MedSAM checkpoint used through SamProcessor gives slightly different masks.
+# Hugging Face SamProcessor: longest side 1024 (size int(x * scale + 0.5), bilinear), rescale by 1/255, ImageNet
+# mean/std (= SAM's pixel_mean/std on 0..255), zero-pad bottom/right after normalising; prompts scaled per axis.
+# With its PIL backend this is SAM's own pipeline (tests/models/test_hf.py checks HF_SAM against it); its torchvision
+# backend (transformers' default when torchvision is installed) resizes with torch's antialiased bilinear, which can
+# differ slightly from PIL. It is not MedSAM's training pipeline (square stretch, min-max to [0, 1], no mean/std,
+# no padding), so a MedSAM checkpoint used through SamProcessor sees other inputs and gives other masks than the
+# official MedSAM code. See medsam.models.hf.
 HF_SAM = PreprocessConfig(
     "hf_sam", 1024, "longest_side", "bilinear", False, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
 )
