@@ -16,6 +16,10 @@ from medsam.errors import MedsamError
 SUBCOMMANDS = [
     "medsam.cli.segment",
     "medsam.cli.models",
+    "medsam.cli.evaluate",
+    "medsam.cli.segment_volume",
+    "medsam.cli.segment_video",
+    "medsam.cli.finetune",
 ]
 
 

@@ -1,0 +1,140 @@
+"""Which prompt an evaluation run gives each case, and the simulated user who adds corrective clicks.
+
+Prompt kinds (``PromptSpec.parse``):
+- ``box``: the tight ground-truth box (or the box that came with the data, e.g. CVPR24 ``boxes``);
+- ``jitter``: the tight box with each side moved out by 0..20 px (MedSAM's training jitter), seeded per case;
+- ``points`` / ``points:N``: N positive points inside the object (default 1), seeded per case;
+- ``clicks:N``: start from the tight box, then N corrective clicks (:func:`simulate_clicks`).
+Volumes get a 3D prompt whatever the 2D kind: the 3D box (``box3d``) or the tight box on the slice with
+the largest area (``key_slice``), chosen by ``volume_prompt``.
+
+The prompts themselves come from :mod:`medsam.training.prompts`; this module only decides which to use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+
+from medsam.errors import PromptError
+from medsam.metrics import dice
+from medsam.training.prompts import Click, SimulatedPrompt, corrective_click, simulate_prompt
+from medsam.types import Box, Box3D, Points
+
+Kind2D = Literal["box", "jitter", "points", "clicks"]
+VolumePrompt = Literal["box3d", "key_slice"]
+VOLUME_PROMPTS: tuple[str, ...] = ("box3d", "key_slice")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A run's prompt: ``kind`` with ``count`` points or clicks, and the prompt used for volumes."""
+
+    kind: Kind2D = "box"
+    count: int = 0
+    volume_prompt: VolumePrompt = "box3d"
+    max_shift_px: int = 20
+
+    @classmethod
+    def parse(cls, text: "str | PromptSpec", *, volume_prompt: str = "box3d") -> "PromptSpec":
+        """``box``, ``jitter``, ``points``, ``points:N`` or ``clicks:N`` (N >= 1); anything else is a PromptError."""
+        if isinstance(text, PromptSpec):
+            return text
+        if volume_prompt not in VOLUME_PROMPTS:
+            raise PromptError(f"volume prompt {volume_prompt!r}: use box3d (the 3D box) or key_slice (the largest slice's box)")
+        raw = str(text).strip().lower()
+        name, _, number = raw.partition(":")
+        hint = "use box, jitter, points, points:N or clicks:N (e.g. clicks:3)"
+        if name not in ("box", "jitter", "points", "clicks"):
+            raise PromptError(f"prompt {text!r} is unknown; {hint}")
+        if name in ("box", "jitter") and number:
+            raise PromptError(f"prompt {text!r}: {name} takes no number; {hint}")
+        count = 0
+        if name in ("points", "clicks"):
+            if not number and name == "clicks":
+                raise PromptError(f"prompt {text!r}: say how many clicks, e.g. clicks:3")
+            try:
+                count = int(number) if number else 1
+            except ValueError:
+                raise PromptError(f"prompt {text!r}: {number!r} is not a whole number; {hint}") from None
+            if count < 1:
+                raise PromptError(f"prompt {text!r}: give at least 1 {name[:-1]}")
+        return cls(name, count, volume_prompt)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        if self.kind == "clicks" or (self.kind == "points" and self.count != 1):
+            return f"{self.kind}:{self.count}"
+        return self.kind
+
+    @property
+    def n_clicks(self) -> int:
+        return self.count if self.kind == "clicks" else 0
+
+    def for_image(self, reference: np.ndarray, seed: int, given_box: Box | None = None) -> SimulatedPrompt:
+        """The starting prompt of a 2D case (for clicks: the box the clicks start from)."""
+        if self.kind in ("box", "clicks"):
+            if given_box is not None:
+                return SimulatedPrompt("box", seed=seed, box=given_box)
+            return simulate_prompt("box", reference, seed=seed)
+        if self.kind == "jitter":
+            return simulate_prompt("jitter", reference, seed=seed, max_shift_px=self.max_shift_px)
+        return simulate_prompt("points", reference, seed=seed, n_points=self.count)
+
+    def for_volume(self, reference: np.ndarray, seed: int, given_box: Box3D | None = None) -> SimulatedPrompt:
+        """The 3D prompt of a volume case: the (given or tight) 3D box, or the key slice's tight box."""
+        if self.volume_prompt == "box3d":
+            if given_box is not None:
+                return SimulatedPrompt("box3d", seed=seed, box3d=given_box)
+            return simulate_prompt("box3d", reference, seed=seed)
+        return simulate_prompt("key_slice", reference, seed=seed)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One prediction of the model for one object: mask (H, W) bool, its low-res logits (1, 1, h, w) to feed
+    back as ``mask_input``, and the model's predicted IoU."""
+
+    mask: np.ndarray
+    low_res_logits: np.ndarray
+    predicted_iou: float
+
+
+PredictFn = Callable[[Box | None, Points | None, np.ndarray | None], StepOutput]
+
+
+@dataclass(frozen=True)
+class ClickTrace:
+    """What the simulated user did: the final prompt (start box plus clicks), the clicks in order, the DSC
+    before the first click and after every click (length n_clicks_asked + 1), and the last prediction.
+
+    When a prediction equals the reference there is nothing left to correct: no click is added and the DSC
+    is repeated, so every trace of a run has the same length.
+    """
+
+    prompt: SimulatedPrompt
+    clicks: tuple[Click, ...]
+    dsc_per_click: tuple[float, ...]
+    final: StepOutput
+
+
+def simulate_clicks(predict: PredictFn, reference: np.ndarray, start: SimulatedPrompt, n_clicks: int) -> ClickTrace:
+    """Predict from ``start``, then ``n_clicks`` times: click the centre of the largest error region
+    (positive in a miss, negative in a false positive; :func:`medsam.training.prompts.corrective_click`) and
+    predict again from the start box plus all clicks so far, with the previous low-res logits as mask_input.
+    """
+    out = predict(start.box, start.points, None)
+    dscs = [dice(out.mask, reference)]
+    prompt = start
+    clicks: list[Click] = []
+    for _ in range(int(n_clicks)):
+        click = corrective_click(out.mask, reference)
+        if click is None:
+            dscs.append(dscs[-1])
+            continue
+        clicks.append(click)
+        prompt = prompt.with_click(click)
+        out = predict(prompt.box, prompt.points, out.low_res_logits)
+        dscs.append(dice(out.mask, reference))
+    return ClickTrace(prompt, tuple(clicks), tuple(float(d) for d in dscs), out)

@@ -1,0 +1,49 @@
+"""One 3D case under one prompt: the single place where evaluation meets 3D propagation.
+
+:func:`predict_volume` turns the case's 3D prompt into an ``ObjectPrompt`` of
+:mod:`medsam.inference.propagate` (a 3D box: the official key slice with z limits; a key-slice box:
+open-ended in z), runs the propagation in the asked mode over the windowed uint8 volume, and returns the
+mask with the mean predicted IoU of the accepted slices.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from medsam.errors import BackendUnavailableError
+from medsam.evaluation.image2d import Outcome
+from medsam.evaluation.loading import LoadedCase
+from medsam.evaluation.prompting import PromptSpec
+from medsam.inference.predictor import Predictor
+from medsam.types import Box3D
+
+MODES = ("default", "reference")
+
+
+def predict_volume(predictor: Predictor, loaded: LoadedCase, spec: PromptSpec, mode: str, seed: int) -> Outcome:
+    """Propagate the case's 3D prompt (``spec.volume_prompt``) through its volume in ``mode``."""
+    try:
+        from medsam.inference import propagate as engine
+    except ImportError as exc:  # the 3D engine is optional at this layer
+        raise BackendUnavailableError(f"3D propagation is not available in this installation ({exc})") from exc
+
+    given = loaded.case.box if isinstance(loaded.case.box, Box3D) else None
+    prompt = spec.for_volume(loaded.reference, seed, given)
+    if prompt.box3d is not None:
+        obj = engine.ObjectPrompt.from_box3d(prompt.box3d)
+    else:
+        obj = engine.ObjectPrompt(z=int(prompt.slice_z), box=prompt.box)  # type: ignore[arg-type]
+    config = engine.PropagationConfig(mode=mode)  # type: ignore[arg-type]
+    mask = np.zeros(loaded.reference.shape, dtype=bool)
+    ious: list[float] = []
+    t0 = time.perf_counter()
+    for result in engine.propagate(predictor, loaded.image, [obj], config, source=f"volume {loaded.case.key}"):
+        if result.object_ids:
+            mask[result.z] = result.masks[0]
+            ious.append(float(result.iou_scores[0]))
+    if config.largest_component and mode == "default":
+        mask = engine.largest_component(mask)
+    seconds = time.perf_counter() - t0
+    return Outcome(mask, float(np.mean(ious)) if ious else float("nan"), prompt, seconds)

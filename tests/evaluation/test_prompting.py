@@ -1,0 +1,93 @@
+"""Prompt kinds of a run, and the simulated user's corrective clicks (a scripted model, hand-computed clicks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsam.errors import PromptError
+from medsam.evaluation import PromptSpec, StepOutput, simulate_clicks
+from medsam.training.prompts import SimulatedPrompt
+from medsam.types import Box
+
+
+@pytest.mark.parametrize(
+    "text, kind, count, shown",
+    [("box", "box", 0, "box"), ("Jitter", "jitter", 0, "jitter"), ("points", "points", 1, "points"),
+     ("points:3", "points", 3, "points:3"), ("clicks:5", "clicks", 5, "clicks:5")],
+)
+def test_prompt_spec_parses(text, kind, count, shown):
+    spec = PromptSpec.parse(text)
+    assert (spec.kind, spec.count, str(spec)) == (kind, count, shown)
+
+
+@pytest.mark.parametrize("text", ["clicks", "clicks:0", "clicks:x", "box:2", "lasso", "points:-1"])
+def test_bad_prompt_specs_are_prompt_errors(text):
+    with pytest.raises(PromptError):
+        PromptSpec.parse(text)
+
+
+def test_prompts_are_seeded_and_box_is_tight():
+    ref = np.zeros((40, 50), bool)
+    ref[10:20, 12:30] = True
+    box = PromptSpec.parse("box").for_image(ref, seed=1)
+    assert box.box == Box(12, 10, 29, 19)
+    a, b = (PromptSpec.parse("jitter").for_image(ref, seed=s) for s in (7, 7))
+    assert a.to_json() == b.to_json() and a.seed == 7
+    jb = a.box
+    assert jb.x0 <= 12 and jb.y0 <= 10 and jb.x1 >= 29 and jb.y1 >= 19 and jb.x0 >= 12 - 20
+    pts = PromptSpec.parse("points:2").for_image(ref, seed=3).points
+    assert len(pts) == 2 and all(ref[int(y), int(x)] for x, y in pts.coords)
+
+
+def test_given_box_replaces_the_tight_box():
+    ref = np.zeros((40, 50), bool)
+    ref[10:20, 12:30] = True
+    given = Box(5, 5, 35, 25)
+    assert PromptSpec.parse("clicks:2").for_image(ref, seed=0, given_box=given).box == given
+
+
+class ScriptedModel:
+    """A stand-in model: the reference minus a 10x10 hole, plus a 5x8 false positive; a positive click in the
+    hole fills it, a negative click in the false positive removes it. Records what each call received."""
+
+    def __init__(self) -> None:
+        self.reference = np.zeros((48, 48), bool)
+        self.reference[5:35, 5:35] = True  # 900 px
+        self.hole = np.zeros_like(self.reference)
+        self.hole[10:20, 10:20] = True  # 100 px miss
+        self.extra = np.zeros_like(self.reference)
+        self.extra[40:45, 5:13] = True  # 40 px false positive
+        self.calls: list[tuple] = []
+        self.outputs: list[StepOutput] = []
+
+    def __call__(self, box, points, mask_input):
+        self.calls.append((box, points, mask_input))
+        mask = self.reference.copy()
+        clicks = [] if points is None else list(zip(points.coords.astype(int), points.labels))
+        if not any(lab == 1 and self.hole[y, x] for (x, y), lab in clicks):
+            mask &= ~self.hole
+        if not any(lab == 0 and self.extra[y, x] for (x, y), lab in clicks):
+            mask |= self.extra
+        out = StepOutput(mask, np.full((1, 1, 8, 8), float(len(self.calls))), 0.5)
+        self.outputs.append(out)
+        return out
+
+
+def test_clicks_land_at_the_centre_of_the_largest_error_and_record_dsc():
+    model = ScriptedModel()
+    start = SimulatedPrompt("box", seed=0, box=Box(5, 5, 34, 34))
+    trace = simulate_clicks(model, model.reference, start, 3)
+    # 1st: the 10x10 miss (largest error) at its centre (first of the 4 central pixels in raster order), positive;
+    # 2nd: the 5x8 false positive at its centre, negative; 3rd: none needed, the mask is exact.
+    assert [tuple(c) for c in trace.clicks] == [(14, 14, 1), (7, 42, 0)]
+    expected = [2 * 800 / (840 + 900), 2 * 900 / (940 + 900), 1.0, 1.0]
+    assert trace.dsc_per_click == pytest.approx(expected)
+    assert len(model.calls) == 3
+    # every later call gets the start box, all clicks so far, and the previous low-res logits
+    assert model.calls[0][2] is None
+    for i in (1, 2):
+        box, points, mask_input = model.calls[i]
+        assert box == start.box and len(points) == i and mask_input is model.outputs[i - 1].low_res_logits
+    assert trace.prompt.kind == "clicks" and trace.prompt.n_clicks == 2
+    assert np.array_equal(trace.final.mask, model.reference)
