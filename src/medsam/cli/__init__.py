@@ -17,9 +17,6 @@ SUBCOMMANDS = [
     "medsam.cli.segment",
     "medsam.cli.models",
     "medsam.cli.evaluate",
-    "medsam.cli.segment_volume",
-    "medsam.cli.segment_video",
-    "medsam.cli.finetune",
 ]
 
 
