@@ -17,6 +17,8 @@ SUBCOMMANDS = [
     "medsam.cli.segment",
     "medsam.cli.models",
     "medsam.cli.evaluate",
+    "medsam.cli.segment_volume",
+    "medsam.cli.segment_video",
 ]
 
 

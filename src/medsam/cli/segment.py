@@ -14,12 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Segment objects in a 2D image (PNG, JPEG, TIFF, BMP; 8/16-bit). Each --box is one object; "
         "--point clicks refine a single object (label 1 inside, 0 outside).",
     )
-    parser.add_argument("image", help="input image file")
+    parser.add_argument("image", help="input image file, or a CVPR24 npz case (imgs, boxes) or folder of them")
     parser.add_argument("--box", action="append", default=[], metavar="x0,y0,x1,y1", help="box in image pixels; repeat for several objects")
     parser.add_argument("--point", action="append", default=[], metavar="x,y,1|0", help="click (1 = inside, 0 = outside); repeatable")
     parser.add_argument("-o", "--output", required=True, help="mask PNG to write (0/255 for one object, labels 1..N for several)")
     parser.add_argument("--overlay", default=None, help="also write an overlay PNG of the masks on the image")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--mode", choices=("default", "reference"), default="default",
+                        help="3D npz cases: propagation mode (reference = the official LiteMedSAM procedure)")
     add_model_options(parser)
     parser.set_defaults(func=run)
 
@@ -29,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from medsam.inference.segment2d import segment_file
     from medsam.io.atomic import check_writable
     from medsam.types import Box, Points
+    from medsam.inference.cvpr24 import is_npz_input
 
+    if is_npz_input(args.image):  # CVPR24 npz file or folder: -o is the folder of segs
+        from medsam.cli.segment_npz import run_npz
+
+        return run_npz(args)
     boxes = [Box.from_sequence(b, source=f"--box {b!r}") for b in args.box]
     points = Points.parse(args.point) if args.point else None
     check_writable(args.output, overwrite=args.overwrite)

@@ -1,0 +1,30 @@
+"""`medsam segment CASE.npz|CASES_DIR -o SEGS_DIR [--mode default|reference]`: CVPR24 npz cases (the branch of
+`medsam segment` for npz input). Each case's boxes are its prompts; ``SEGS_DIR/<same name>.npz`` gets ``segs``.
+
+Example:
+    medsam segment test_demo/imgs/ -o test_demo/segs/ --mode reference
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run_npz(args: argparse.Namespace) -> int:
+    from medsam.cli.common import load_model
+    from medsam.errors import PromptError
+    from medsam.inference.cvpr24 import segment_npz_path
+    from medsam.inference.predictor import Predictor
+    from medsam.inference.propagate import PropagationConfig
+
+    if args.box or args.point or args.overlay:
+        raise PromptError("npz cases carry their own boxes: --box, --point and --overlay do not apply to npz input")
+    predictor = Predictor(load_model(args))
+    count = 0
+    for result in segment_npz_path(predictor, args.image, args.output, config=PropagationConfig(mode=args.mode),
+                                   overwrite=args.overwrite):
+        kind = "3D" if result.is_3d else "2D"
+        print(f"{result.input_path.name}: {kind}, {result.objects} object(s) -> {result.output_path} ({result.seconds:.1f} s)")
+        count += 1
+    print(f"segmented {count} case(s) into {args.output}")
+    return 0
