@@ -19,7 +19,7 @@ def test_golden_2d_dsc_agrees(golden_dir, shared_dir, lite_medsam):
     keys = {(g["dataset"], g["case"]) for g in golden}
     cases = [c for c in load_cases(shared_dir / "data" / "cases.csv") if (c.dataset, c.case_id) in keys]
     assert len(cases) == len(golden) == 12
-    result = evaluate(cases, [lite_medsam], prompts="box", keep_worst=0, progress=False)
+    result = evaluate(cases, [lite_medsam], prompt="box", keep_worst=0, progress=False)
     masks = np.load(golden_dir / "lite_medsam_2d.npz")
     loader = CaseLoader()
     for case, row in zip(cases, result.rows):

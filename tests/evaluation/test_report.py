@@ -23,7 +23,7 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(manifest, tiny_lite):
-    return evaluate(manifest, [tiny_lite], prompts=["box", "clicks:1"], keep_worst=2, progress=False)
+    return evaluate(manifest, [tiny_lite], prompt=["box", "clicks:1"], keep_worst=2, progress=False)
 
 
 def _links(markdown: str) -> list[str]:
@@ -94,7 +94,7 @@ def test_cli_evaluate_writes_the_results_folder(tmp_path, manifest, capsys):
     "extra, message",
     [
         (["--prompt", "clicks"], "how many clicks"),
-        (["--mode", "fast"], "use default and/or reference"),
+        (["--mode", "fast"], "use one of default, reference"),
         (["--datasets", "nope"], "known datasets"),
         (["--model", "tiny_lite,tiny_sam", "--checkpoint", "a.pth"], "one --checkpoint per --model"),
     ],

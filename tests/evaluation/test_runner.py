@@ -26,7 +26,7 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(manifest, tiny_lite):
-    return evaluate(manifest, [tiny_lite], prompts=["box", "clicks:2"], modes=["default", "reference"], progress=False)
+    return evaluate(manifest, [tiny_lite], prompt=["box", "clicks:2"], mode=["default", "reference"], progress=False)
 
 
 def test_every_case_is_scored_under_every_run(result):
@@ -89,7 +89,7 @@ def test_clicks_with_the_tiny_model_land_in_the_previous_error_region(manifest, 
 
 
 def test_prompts_come_from_the_case_seed(manifest, tiny_lite):
-    res = evaluate(manifest, [tiny_lite], prompts="jitter", datasets=["discs"], limit=2, seed=5, progress=False)
+    res = evaluate(manifest, [tiny_lite], prompt="jitter", datasets=["discs"], limit=2, seed=5, progress=False)
     loader = CaseLoader()
     for row, case in zip(res.rows, load_cases(manifest, datasets=["discs"], limit=2)):
         seed = case_seed(5, case.key)

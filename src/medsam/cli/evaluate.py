@@ -74,26 +74,15 @@ def _model_choices(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsam.evaluation import PromptSpec, evaluate, load_cases
-    from medsam.evaluation.volume3d import MODES
-    from medsam.errors import InputError
+    from medsam.evaluation import evaluate
     from medsam.io.atomic import check_writable
 
-    # Check everything cheap before any model is built or case is read.
+    # The output folder is checked first; evaluate() checks the data, prompts and modes before building models.
     check_writable(args.output, overwrite=args.overwrite)
-    prompts = _split(args.prompt) or ["box"]
-    for p in prompts:
-        PromptSpec.parse(p)
-    modes = _split(args.mode) or ["default"]
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        raise InputError(f"--mode {', '.join(bad)}: use default and/or reference")
-    datasets = _split([args.datasets]) if args.datasets else None
-    load_cases(args.data, datasets=datasets, limit=args.limit)
     models = _model_choices(args)
-
     result = evaluate(
-        args.data, models, prompts=prompts, modes=modes, volume_prompt=args.volume_prompt, datasets=datasets,
+        args.data, models, prompt=_split(args.prompt) or ["box"], mode=_split(args.mode) or ["default"],
+        volume_prompt=args.volume_prompt, datasets=_split([args.datasets]) if args.datasets else None,
         limit=args.limit, seed=args.seed, tolerance=args.tolerance, device=args.device, keep_worst=args.worst,
         progress=not args.no_progress,
     )

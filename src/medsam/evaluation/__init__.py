@@ -1,7 +1,7 @@
 """Evaluation: run models over a dataset with simulated prompts, score DSC/IoU/NSD/HD95, write reports.
 
     from medsam.evaluation import evaluate
-    result = evaluate("cases.csv", models=["lite_medsam"], prompts=["box", "clicks:3"], modes=["default", "reference"])
+    result = evaluate("cases.csv", models=["lite_medsam"], prompt=["box", "clicks:3"], mode=["default", "reference"])
     result.rows            # list[CaseResult], one per case and run (status "ok" or why not)
     result.summaries(("dataset",))   # mean / median / 95% bootstrap CI per run and dataset
     result.to_csv("cases.csv")

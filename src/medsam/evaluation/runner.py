@@ -1,7 +1,7 @@
 """Run one or more models over a dataset and score every case: :func:`evaluate`.
 
     from medsam.evaluation import evaluate
-    result = evaluate("../shared/data/cases.csv", models=["lite_medsam"], prompts="box")
+    result = evaluate("../shared/data/cases.csv", models=["lite_medsam"], prompt="box")
     result.to_csv("cases.csv")
     result.write("runs/lite_box")                      # CSVs, plots, worst-case overlays, report.md
 
@@ -101,8 +101,8 @@ def evaluate(
     data: str | Path | Sequence[Case],
     models: Any = ("lite_medsam",),
     *,
-    prompts: Any = "box",
-    modes: Any = "default",
+    prompt: Any = "box",
+    mode: Any = "default",
     volume_prompt: str = "box3d",
     datasets: Sequence[str] | None = None,
     limit: int | None = None,
@@ -113,11 +113,11 @@ def evaluate(
     cache_bytes: int = 1 << 30,
     progress: bool = True,
 ) -> EvaluationResult:
-    """Evaluate ``models`` on ``data`` under every combination of ``modes`` and ``prompts``.
+    """Evaluate ``models`` on ``data`` under every combination of ``mode`` and ``prompt``.
 
     data: a manifest CSV, a CVPR24 npz folder, a folder with images/ and masks/, or a list of Cases.
     models: names ("lite_medsam"), (name, checkpoint) pairs, ModelChoice, or models already built.
-    prompts: "box", "jitter", "points[:N]", "clicks:N" (or a list of them). modes: "default" and/or
+    prompt: "box", "jitter", "points[:N]", "clicks:N" (or a list of them). mode: "default" and/or
     "reference" (3D propagation). volume_prompt: "box3d" or "key_slice" for 3D cases.
     datasets / limit: keep these datasets / at most ``limit`` cases per dataset. seed: the run seed
     (each case's prompt seed is derived from it and the case id). tolerance: NSD tolerance (mm for
@@ -131,8 +131,8 @@ def evaluate(
     cases = load_cases(data, datasets=datasets, limit=limit)
     if volume_prompt not in VOLUME_PROMPTS:
         raise InputError(f"volume prompt {volume_prompt!r}: use one of {', '.join(VOLUME_PROMPTS)}")
-    prompt_specs = [PromptSpec.parse(p, volume_prompt=volume_prompt) for p in _as_list(prompts)]
-    mode_list = [str(m) for m in _as_list(modes)]
+    prompt_specs = [PromptSpec.parse(p, volume_prompt=volume_prompt) for p in _as_list(prompt)]
+    mode_list = [str(m) for m in _as_list(mode)]
     for m in mode_list:
         if m not in MODES:
             raise InputError(f"mode {m!r}: use one of {', '.join(MODES)}")
