@@ -16,7 +16,7 @@ The CLI is ``medsam evaluate`` (medsam.cli.evaluate).
 from medsam.evaluation.cases import Case, load_cases, read_manifest, read_npz_folder, read_paired_folders
 from medsam.evaluation.loading import CaseLoader, CaseProblem, LoadedCase
 from medsam.evaluation.prompting import ClickTrace, PromptSpec, StepOutput, simulate_clicks
-from medsam.evaluation.results import CaseResult, ClickCurve, EvaluationResult, RunInfo, RunSummary
+from medsam.evaluation.results import CaseResult, ClickCurve, EvaluationResult, EvaluationSettings, RunInfo, RunSummary
 from medsam.evaluation.runner import ModelChoice, RunSpec, evaluate
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ClickCurve",
     "ClickTrace",
     "EvaluationResult",
+    "EvaluationSettings",
     "LoadedCase",
     "ModelChoice",
     "PromptSpec",

@@ -224,8 +224,8 @@ def _read_mask_labels(path: Path) -> list[int]:
 def read_paired_folders(folder: str | Path) -> list[Case]:
     """Cases from ``folder/images`` and ``folder/masks`` matched by name; one case per non-zero mask value."""
     folder = Path(folder).expanduser()
-    images = {_stem(p): p for p in sorted((folder / "images").iterdir()) if not p.name.startswith(".")}
-    masks = {_stem(p): p for p in sorted((folder / "masks").iterdir()) if not p.name.startswith(".")}
+    images = {_stem(p): p for p in sorted((folder / "images").iterdir()) if p.is_file() and not p.name.startswith(".")}
+    masks = {_stem(p): p for p in sorted((folder / "masks").iterdir()) if p.is_file() and not p.name.startswith(".")}
     cases: list[Case] = []
     for name, image in images.items():
         base = dict(dataset=folder.name, modality="", dims=_dims_of(image), image_path=image)

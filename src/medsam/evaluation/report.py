@@ -190,12 +190,12 @@ def _report_text(
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        f"- data: `{result.settings.get('data', '')}`: {len(result.cases)} cases ({n2} 2D, {n3} 3D) in "
+        f"- data: `{result.settings.data}`: {len(result.cases)} cases ({n2} 2D, {n3} 3D) in "
         f"{len(result.datasets)} datasets",
         "- runs (model/mode/prompt): " + ", ".join(f"`{r.label}`" for r in result.runs),
-        f"- prompt seed: {result.settings.get('seed', '')} (per case: derived from the seed and the case id); "
-        f"3D prompt: {result.settings.get('volume_prompt', '')}",
-        f"- NSD tolerance: {result.settings.get('tolerance', '')}",
+        f"- prompt seed: {result.settings.seed} (per case: derived from the seed and the case id); "
+        f"3D prompt: {result.settings.volume_prompt}",
+        f"- NSD tolerance: {result.settings.tolerance:g} (mm for volumes, px for 2D images)",
         "",
         "DSC and NSD are means over the scored cases with a 95% percentile-bootstrap interval. **NSD** is the "
         "boundary NSD (the in-plane contour for 2D images, boundary voxels with the voxel spacing for volumes); "

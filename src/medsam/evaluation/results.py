@@ -158,6 +158,17 @@ class WorstCases:
         return out
 
 
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The options an evaluation ran with, for the report: data source, run seed, NSD tolerance (mm for
+    volumes, px for 2D images) and the prompt given to volumes."""
+
+    data: str = ""
+    seed: int = 0
+    tolerance: float = 2.0
+    volume_prompt: str = "box3d"
+
+
 @dataclass
 class EvaluationResult:
     """Rows of every case under every run, plus what the report needs.
@@ -170,7 +181,7 @@ class EvaluationResult:
     runs: tuple[RunInfo, ...]
     rows: list[CaseResult]
     cases: tuple[Case, ...] = ()
-    settings: dict[str, str] = field(default_factory=dict)
+    settings: EvaluationSettings = field(default_factory=EvaluationSettings)
     worst: list[WorstCase] = field(default_factory=list)
 
     # --- selection ------------------------------------------------------------------------------------

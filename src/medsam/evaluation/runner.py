@@ -26,7 +26,7 @@ from medsam.evaluation.cases import Case, load_cases
 from medsam.evaluation.image2d import Outcome, predict_image
 from medsam.evaluation.loading import CaseLoader, CaseProblem, LoadedCase
 from medsam.evaluation.prompting import VOLUME_PROMPTS, PromptSpec
-from medsam.evaluation.results import CaseResult, EvaluationResult, RunInfo, WorstCase, WorstCases
+from medsam.evaluation.results import CaseResult, EvaluationResult, EvaluationSettings, RunInfo, WorstCase, WorstCases
 from medsam.evaluation.volume3d import MODES, predict_volume
 from medsam.metrics import score_case
 from medsam.training.prompts import case_seed
@@ -154,13 +154,9 @@ def evaluate(
         case_rows = _evaluate_case(case, loader, predictors, runs, seed, tol, worst)
         rows.extend(case_rows)
     bar.close()
-    settings = {
-        "data": str(data) if isinstance(data, (str, Path)) else f"{len(cases)} given cases",
-        "cases": str(len(cases)),
-        "seed": str(seed),
-        "tolerance": f"{tol:g} (mm for volumes, px for 2D images)",
-        "volume_prompt": volume_prompt,
-    }
+    settings = EvaluationSettings(
+        str(data) if isinstance(data, (str, Path)) else f"{len(cases)} given cases", int(seed), tol, volume_prompt
+    )
     return EvaluationResult(tuple(r.info() for r in runs), rows, tuple(cases), settings, worst.items())
 
 
