@@ -1,0 +1,203 @@
+"""The model side of the server: one Predictor, one lock with priorities, and a background encoder.
+
+All model work (encoding, decoding, propagation steps) happens under ``ModelLock``. Prompts (interactive)
+go first; propagation jobs next; encoding ahead of the person (prefetch) last, and only once no prompt has
+come for ``prefetch_idle_s``. A lower-priority waiter that has waited ``max_wait_s`` gets its turn anyway,
+so a propagation is never starved by a stream of prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from medsam.inference.predictor import ImageEncoding, Predictor
+from medsam.serve.source import ImageStack
+
+log = logging.getLogger("medsam.serve")
+
+INTERACTIVE, JOB, BACKGROUND = 0, 1, 2
+
+
+class ModelLock:
+    """A mutex whose waiters are served by priority (0 first), with ageing for the lower ones."""
+
+    def __init__(self, max_wait_s: float = 2.0) -> None:
+        self.max_wait_s = float(max_wait_s)
+        self._cond = threading.Condition()
+        self._held = False
+        self._waiting = [0, 0, 0]
+
+    @contextlib.contextmanager
+    def hold(self, priority: int = INTERACTIVE) -> Iterator[None]:
+        start = time.monotonic()
+        with self._cond:
+            self._waiting[priority] += 1
+            try:
+                while self._held or (
+                    any(self._waiting[:priority]) and time.monotonic() - start < self.max_wait_s
+                ):
+                    self._cond.wait(timeout=None if priority == INTERACTIVE else 0.05)
+                self._held = True
+            finally:
+                self._waiting[priority] -= 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One object's answer: full-size mask, its low-res logits (1, h, w), predicted IoU and timings."""
+
+    mask: np.ndarray
+    logits: np.ndarray
+    iou: float
+    decode_ms: float
+
+
+class ModelEngine:
+    """Owns the predictor (and its bounded LRU embedding cache), the model lock and the prefetch worker."""
+
+    def __init__(self, model: torch.nn.Module, *, cache_mb: float = 512, prefetch_idle_s: float = 0.3) -> None:
+        self.model = model
+        self.predictor = Predictor(model, cache_bytes=int(cache_mb * 2**20))
+        self.lock = ModelLock()
+        self.last_prompt = 0.0
+        self.prefetch = EncodeAhead(self, idle_s=prefetch_idle_s)
+
+    @property
+    def name(self) -> str:
+        return self.model.spec.name
+
+    def touch(self) -> None:
+        """Note that a person is interacting (the prefetch worker steps aside)."""
+        self.last_prompt = time.monotonic()
+
+    def is_encoded(self, stack: ImageStack, z: int) -> bool:
+        return stack.signature(self.predictor, z) in self.predictor.cache
+
+    def encoding(self, stack: ImageStack, z: int, *, priority: int = INTERACTIVE) -> tuple[ImageEncoding, float]:
+        """Slice z's embedding (from the cache, else encoded now) and the ms spent encoding."""
+        found = self.predictor.cache.get(stack.signature(self.predictor, z))
+        if found is not None:
+            return found, 0.0
+        prepared = stack.prepare(self.predictor, z)
+        start = time.perf_counter()
+        with self.lock.hold(priority):
+            enc = self.predictor.encode_prepared([prepared], batch_size=1)[0]
+        return enc, (time.perf_counter() - start) * 1000.0
+
+    def decode(
+        self,
+        enc: ImageEncoding,
+        *,
+        box: np.ndarray | None,
+        points: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask: bool = False,
+    ) -> Decoded:
+        """One decoder call for one object on a cached embedding; prompts in slice pixels."""
+        self.touch()
+        start = time.perf_counter()
+        with self.lock.hold(INTERACTIVE):
+            self.predictor.set_encoding(enc)
+            pred = self.predictor.predict(
+                boxes=None if box is None else np.asarray(box, dtype=np.float64)[None],
+                points=None if points is None or len(points) == 0 else np.asarray(points, dtype=np.float64),
+                point_labels=None if points is None or len(points) == 0 else np.asarray(point_labels, dtype=np.int64),
+                mask_input=None if mask_input is None else mask_input[None],
+                multimask=multimask,
+            )
+        if multimask:
+            pred = pred.best()
+        return Decoded(pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]), (time.perf_counter() - start) * 1000.0)
+
+    def close(self) -> None:
+        self.prefetch.stop()
+
+
+class EncodeAhead:
+    """A small background worker that encodes the neighbours of the slice a person looks at.
+
+    ``schedule(key, stack, zs)`` replaces whatever was pending for ``key`` (a session): moving through a
+    volume cancels the old neighbours. Each slice is encoded under the model lock at the lowest priority,
+    and only after no prompt has come for ``idle_s``.
+    """
+
+    def __init__(self, engine: ModelEngine, *, idle_s: float = 0.3) -> None:
+        self.engine = engine
+        self.idle_s = float(idle_s)
+        self._cond = threading.Condition()
+        self._pending: list[tuple[str, ImageStack, int]] = []
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.encoded = 0
+
+    def schedule(self, key: str, stack: ImageStack, zs: list[int]) -> None:
+        with self._cond:
+            self._pending = [p for p in self._pending if p[0] != key]
+            self._pending.extend((key, stack, int(z)) for z in zs if 0 <= z < stack.depth)
+            if self._thread is None and not self._stop:
+                self._thread = threading.Thread(target=self._run, name="medsam-encode-ahead", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def cancel(self, key: str) -> None:
+        with self._cond:
+            self._pending = [p for p in self._pending if p[0] != key]
+
+    def pending(self, key: str | None = None) -> int:
+        with self._cond:
+            return sum(1 for p in self._pending if key is None or p[0] == key)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._pending.clear()
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+    def _next(self) -> tuple[str, ImageStack, int] | None:
+        with self._cond:
+            while not self._pending and not self._stop:
+                self._cond.wait()
+            if self._stop:
+                return None
+            return self._pending[0]
+
+    def _run(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            idle = time.monotonic() - self.engine.last_prompt
+            if idle < self.idle_s:
+                with self._cond:
+                    self._cond.wait(timeout=self.idle_s - idle)
+                continue
+            with self._cond:
+                if not self._pending or self._pending[0] is not item:
+                    continue  # cancelled or replaced while waiting
+                self._pending.pop(0)
+            key, stack, z = item
+            if self.engine.is_encoded(stack, z):
+                continue
+            try:
+                self.engine.encoding(stack, z, priority=BACKGROUND)
+                self.encoded += 1
+            except Exception:  # a slice that cannot be encoded is reported when someone prompts on it
+                log.exception("encoding slice %d of session %s ahead failed", z, key)

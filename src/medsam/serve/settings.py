@@ -1,0 +1,89 @@
+"""What a server is started with: one frozen value passed to ``create_app`` (no globals)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medsam.errors import InputError
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def default_sessions_dir() -> Path:
+    """``$XDG_DATA_HOME/medsam/sessions`` (``~/.local/share/medsam/sessions``): work kept across restarts."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "medsam" / "sessions"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Options of ``medsam serve``.
+
+    data_root: the only folder whose files ``open by path`` may read (None: opening by path is refused).
+    token: when set, every API request must carry it (``Authorization: Bearer TOKEN`` or ``X-Medsam-Token``).
+    sessions_dir: where each session keeps its source copy, accepted labels and exports.
+    max_upload_mb: the largest request body (uploads included) in MiB; larger ones get 413.
+    cache_mb: bound of the embedding cache (LiteMedSAM: 4 MiB per slice).
+    prefetch_slices: neighbours on each side of the viewed slice encoded ahead in the background (0 = off).
+    prefetch_idle_s: the background encoder waits until no prompt came for this long.
+    history_limit: prompt steps kept per slice and object for undo/redo.
+    max_drafts: drafts (slice, object prompt histories) kept per session; the oldest are dropped.
+    allowed_hosts: Host header values accepted (guards a loopback server against DNS rebinding); None = the
+        loopback names when bound to loopback, anything otherwise; ("*",) = anything.
+    propagation_batch: slices encoded per model-lock turn while propagating (1 keeps prompts responsive).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_root: Path | None = None
+    token: str | None = None
+    sessions_dir: Path = field(default_factory=default_sessions_dir)
+    model: str = "lite_medsam"
+    checkpoint: str | None = None
+    device: str | None = None
+    max_upload_mb: float = 512.0
+    cache_mb: float = 512.0
+    prefetch_slices: int = 2
+    prefetch_idle_s: float = 0.3
+    history_limit: int = 32
+    max_drafts: int = 128
+    allowed_hosts: tuple[str, ...] | None = None
+    propagation_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.data_root is not None:
+            root = Path(self.data_root).expanduser()
+            if not root.is_dir():
+                raise InputError(f"--data-root {root} is not a folder; give an existing folder of images/volumes")
+            object.__setattr__(self, "data_root", root.resolve())
+        object.__setattr__(self, "sessions_dir", Path(self.sessions_dir).expanduser())
+        if self.token is not None and len(self.token) == 0:
+            object.__setattr__(self, "token", None)
+        if self.max_upload_mb <= 0:
+            raise InputError(f"--max-upload-mb {self.max_upload_mb}: give a positive size in MiB")
+        if self.prefetch_slices < 0:
+            raise InputError("prefetch_slices cannot be negative")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    def host_allowlist(self) -> tuple[str, ...] | None:
+        """The Host header values to accept, or None for any."""
+        if self.allowed_hosts is not None:
+            return None if "*" in self.allowed_hosts else tuple(h.lower() for h in self.allowed_hosts)
+        if is_loopback(self.host):
+            return LOOPBACK_NAMES
+        return None
