@@ -127,18 +127,17 @@ def test_3d_box_limits_and_clips_to_its_extent(oracle):
 
 def test_reference_mode_covers_exactly_the_3d_box(tiny_lite):
     volume, _ = spheres([(12, 48, 40)])
-    model_calls = []
-    predictor = Predictor(tiny_lite, encoder=lambda x: model_calls.append(x.shape[0]) or tiny_lite.encode(x))
-    box = Box3D(30, 38, 7, 50, 58, 16)
-    prompt = ObjectPrompt.from_box3d(box)
-    assert prompt.z == int((16 - 7) / 2 + 7)
-    seen = [r.z for r in propagate(predictor, volume, [prompt], REFERENCE)]
-    assert seen == [11, 12, 13, 14, 15, 16, 10, 9, 8, 7]
-    assert sum(model_calls) == 10 and max(model_calls) <= REFERENCE.batch_size
-    labels = segment_stack(predictor, volume, [prompt], REFERENCE, progress=False).labels
+    batches = []
+    predictor = Predictor(tiny_lite, encoder=lambda x: batches.append(x.shape[0]) or tiny_lite.encode(x))
+    prompt = ObjectPrompt.from_box3d(Box3D(30, 38, 9, 50, 58, 14))
+    assert prompt.z == int((14 - 9) / 2 + 9) == 11
+    run = segment_stack(predictor, volume, [prompt], PropagationConfig(mode="reference", batch_size=3), progress=False)
+    assert sum(batches) == run.slices_encoded == 6 and max(batches) <= 3
     outside = np.ones(volume.shape[0], bool)
-    outside[7:17] = False
-    assert not labels[outside].any()
+    outside[9:15] = False
+    assert not run.labels[outside].any()
+    seen = [r.z for r in propagate(predictor, volume, [prompt], REFERENCE)]  # cached: no new encoding
+    assert seen == [11, 12, 13, 14, 10, 9] and sum(batches) == 6
 
 
 def test_mask_prompt_feeds_the_previous_logits(oracle):
