@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     "medsam.cli.segment_volume",
     "medsam.cli.segment_video",
     "medsam.cli.serve",
+    "medsam.cli.everything",
 ]
 
 

@@ -1,0 +1,623 @@
+"""Segment everything: mask proposals for every structure of a 2D image, from prompts spread over it.
+
+    from medsam.models.registry import build_model
+    from medsam.inference.everything import AutomaticSegmenter
+
+    segmenter = AutomaticSegmenter(build_model("lite_medsam"))      # or a Predictor
+    instances = segmenter.generate(image)                            # list[InstanceMask], largest first
+    result = segmenter.run(image)                                    # the same plus counts and timings
+    proposals = propose(segmenter, image)                            # JSON-ready (RLE) for an app
+
+The algorithm is SAM's automatic mask generation, adapted to medical images and to a CPU:
+
+1. The image is encoded once (each crop window once, in one batch when ``crop_layers`` > 0).
+2. Prompts sit on an n x n grid (``grid``), visited coarse to fine. Points on background (outside the body
+   or the field of view, see :mod:`medsam.inference.amg.foreground`) are skipped.
+3. Prompts go to the decoder ``points_per_batch`` at a time. With ``progressive``, before each batch the
+   points that fall inside a mask already accepted (one covering at most ``cover_max_frac`` of the
+   foreground, so a whole-body mask does not hide the organs in it) are dropped.
+4. The prompt depends on the model (``prompt_mode``). SAM models get one positive point and return three
+   masks (whole, part, sub-part). LiteMedSAM and MedSAM were trained with boxes only and return noise
+   for a lone point, so each grid point gets square boxes of the sides in ``box_scales`` (fractions of
+   the foreground's longer side) and one mask per box; with ``refine`` each mask is prompted again with
+   its own tight box grown by ``refine_margin``, which snaps a box that straddles an object onto it.
+5. A mask is kept when its predicted IoU exceeds ``pred_iou_thresh`` and its stability score (the IoU of
+   the mask cut at logit +``stability_offset`` with the one cut at -``stability_offset``) reaches
+   ``stability_thresh``; masks of a crop that run into the crop's inner edges, and masks mostly
+   (``max_background_frac``) on background, are dropped.
+6. Duplicates are removed by non-maximum suppression on boxes or masks (``nms_mode``, IoU ``nms_iou``),
+   within each crop by predicted IoU, then across crops preferring the smaller crop.
+7. Holes and islands smaller than ``min_area_px`` are removed, masks smaller than it dropped, and
+   suppression runs once more preferring masks that needed no cleaning.
+
+Coordinates: points (x, y), boxes (x0, y0, x1, y1) with x1/y1 inclusive, in pixels of the image given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from medsam.errors import InputError
+from medsam.inference.amg.filters import near_crop_edge, remove_small_regions, stability_score
+from medsam.inference.amg.foreground import BackgroundRule, ForegroundMask, foreground_mask
+from medsam.inference.amg.grid import CropBox, anchor_boxes, crop_boxes, grid_points
+from medsam.inference.amg.nms import nms_boxes, nms_masks
+from medsam.inference.amg.patch import MaskPatch
+from medsam.inference.amg.rle import Rle, encode_rle
+from medsam.inference.predictor import ImageEncoding, Predictor, upscale_logits
+from medsam.preprocess.geometry import check_image_shape
+from medsam.preprocess.intensity import to_display_range
+
+PromptMode = Literal["auto", "points", "boxes"]
+NmsMode = Literal["box", "mask"]
+
+#: Models trained with box prompts only; "auto" gives them box prompts (a lone point returns noise).
+BOX_TRAINED_PREFIXES = ("lite_medsam", "medsam")
+MAX_GRID = 128  # 16,384 prompts per crop: beyond this a CPU run takes hours and a denser grid finds nothing new
+MIN_AREA_FRACTION = 2e-4  # default min_area_px as a share of the image
+
+
+@dataclass(frozen=True)
+class ModeDefaults:
+    """Thresholds used when the caller leaves them unset, per prompt mode."""
+
+    pred_iou_thresh: float
+    stability_thresh: float
+    nms_mode: NmsMode
+
+
+#: points: SAM's own defaults. boxes: measured on LiteMedSAM (benchmarks/everything.py), whose predicted
+#: IoUs for box prompts run lower than SAM's for points.
+MODE_DEFAULTS = {
+    "points": ModeDefaults(0.88, 0.95, "box"),
+    "boxes": ModeDefaults(0.88, 0.95, "box"),
+}
+
+
+@dataclass(frozen=True)
+class InstanceMask:
+    """One proposed object.
+
+    mask: (H, W) bool; box: tight (x0, y0, x1, y1), x1/y1 inclusive; area in pixels; predicted_iou: the
+    model's own quality estimate; stability_score: see the module docstring; point: the grid point (x, y)
+    that produced it; prompt_box: the box prompt (x0, y0, x1, y1) when boxes were used, else None;
+    crop_box: the window (x0, y0, x1, y1), x1/y1 exclusive, the mask was found in.
+    """
+
+    mask: np.ndarray
+    box: tuple[int, int, int, int]
+    area: int
+    predicted_iou: float
+    stability_score: float
+    point: tuple[float, float]
+    prompt_box: tuple[float, float, float, float] | None
+    crop_box: tuple[int, int, int, int]
+
+    def rle(self) -> Rle:
+        return encode_rle(self.mask)
+
+    def bbox_xywh(self) -> tuple[int, int, int, int]:
+        """COCO box: (x, y, width, height) covering whole pixels (width = x1 - x0 + 1)."""
+        x0, y0, x1, y1 = self.box
+        return x0, y0, x1 - x0 + 1, y1 - y0 + 1
+
+    def to_proposal(self, proposal_id: int, *, compressed: bool = True) -> "Proposal":
+        coco = self.rle().to_coco(compressed=compressed)
+        return Proposal(
+            id=int(proposal_id),
+            segmentation=coco,
+            bbox=tuple(int(v) for v in self.bbox_xywh()),  # type: ignore[arg-type]
+            area=int(self.area),
+            predicted_iou=float(self.predicted_iou),
+            stability_score=float(self.stability_score),
+            point_coords=((float(self.point[0]), float(self.point[1])),),
+            prompt_box=None if self.prompt_box is None else tuple(float(v) for v in self.prompt_box),  # type: ignore[arg-type]
+            crop_box=tuple(int(v) for v in self.crop_box),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A proposal in plain types, ready for ``json.dumps(dataclasses.asdict(p))``: the COCO annotation
+    fields (segmentation as RLE, bbox as x, y, width, height) and the scores; ids start at 1."""
+
+    id: int
+    segmentation: dict[str, Any]
+    bbox: tuple[int, int, int, int]
+    area: int
+    predicted_iou: float
+    stability_score: float
+    point_coords: tuple[tuple[float, float], ...]
+    prompt_box: tuple[float, float, float, float] | None
+    crop_box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class EverythingStats:
+    """What a run did. grid_points: points of all crops' grids; skipped_background / skipped_covered:
+    points not prompted by the background rule / progressive sampling; prompts: prompts decoded (a point
+    with 3 box scales counts 3, a refinement pass counts again); candidates: masks that passed the quality
+    filters; kept: masks returned. Times in seconds."""
+
+    grid_points: int
+    skipped_background: int
+    skipped_covered: int
+    prompts: int
+    decoder_calls: int
+    candidates: int
+    kept: int
+    crops: int
+    encode_s: float
+    decode_s: float
+    postprocess_s: float
+    total_s: float
+    foreground_reason: str
+
+
+@dataclass(frozen=True)
+class EverythingResult:
+    instances: tuple[InstanceMask, ...]
+    foreground: ForegroundMask
+    stats: EverythingStats
+    image_hw: tuple[int, int]
+
+
+@dataclass
+class _Candidate:
+    patch: MaskPatch
+    predicted_iou: float
+    stability: float
+    point: tuple[float, float]
+    prompt_box: tuple[float, float, float, float] | None
+    crop: CropBox
+
+
+@dataclass
+class _Counters:
+    grid_points: int = 0
+    skipped_background: int = 0
+    skipped_covered: int = 0
+    prompts: int = 0
+    decoder_calls: int = 0
+    decode_s: float = 0.0
+    post_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class AutomaticSegmenter:
+    """Mask proposals for every structure of an image; see the module docstring for the algorithm.
+
+    model_or_predictor: a model from ``build_model`` or a :class:`Predictor` (its embedding cache is reused).
+    Parameters keep SAM's names where they mean the same. Left as None: ``pred_iou_thresh``,
+    ``stability_thresh`` and ``nms_mode`` come from :data:`MODE_DEFAULTS` for the prompt mode, and
+    ``min_area_px`` is 0.02% of the image. Bad values raise InputError naming the parameter.
+    """
+
+    def __init__(
+        self,
+        model_or_predictor: Any,
+        *,
+        grid: int = 16,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float | None = None,
+        stability_thresh: float | None = None,
+        stability_offset: float = 1.0,
+        nms_iou: float = 0.7,
+        nms_mode: NmsMode | None = None,
+        min_area_px: int | None = None,
+        crop_layers: int = 0,
+        crop_overlap: float = 512 / 1500,
+        crop_points_downscale: int = 1,
+        crop_nms_iou: float | None = None,
+        skip_background: bool = True,
+        background_rule: BackgroundRule = BackgroundRule(),
+        max_background_frac: float = 0.5,
+        progressive: bool = True,
+        cover_max_frac: float = 0.25,
+        prompt_mode: PromptMode = "auto",
+        box_scales: Sequence[float] = (0.08, 0.16, 0.32),
+        refine: bool = True,
+        refine_margin: float = 0.05,
+        encode_batch: int = 4,
+    ) -> None:
+        self.predictor = model_or_predictor if isinstance(model_or_predictor, Predictor) else Predictor(model_or_predictor)
+        _check_int("grid", grid, 1, MAX_GRID, hint="16 is typical; 32 finds smaller structures")
+        _check_int("points_per_batch", points_per_batch, 1, 4096, hint="64 is typical")
+        _check_int("crop_layers", crop_layers, 0, 3, hint="0 (no crops) or 1 (4 tiles) are typical")
+        _check_int("crop_points_downscale", crop_points_downscale, 1, 16, hint="1 keeps the grid in every crop")
+        _check_int("encode_batch", encode_batch, 1, 64, hint="4 is typical")
+        if prompt_mode not in ("auto", "points", "boxes"):
+            raise InputError(f"prompt_mode {prompt_mode!r}: choose 'auto', 'points' or 'boxes'")
+        self.prompt_mode = self._resolve_prompt_mode(prompt_mode)
+        defaults = MODE_DEFAULTS[self.prompt_mode]
+        pred_iou_thresh = defaults.pred_iou_thresh if pred_iou_thresh is None else pred_iou_thresh
+        stability_thresh = defaults.stability_thresh if stability_thresh is None else stability_thresh
+        nms_mode = defaults.nms_mode if nms_mode is None else nms_mode
+        for name, value in (
+            ("pred_iou_thresh", pred_iou_thresh), ("stability_thresh", stability_thresh), ("nms_iou", nms_iou),
+            ("max_background_frac", max_background_frac), ("cover_max_frac", cover_max_frac),
+            ("crop_overlap", crop_overlap),
+        ):
+            _check_fraction(name, value)
+        if crop_nms_iou is not None:
+            _check_fraction("crop_nms_iou", crop_nms_iou)
+        if not stability_offset > 0:
+            raise InputError(f"stability_offset {stability_offset}: must be a positive logit offset (1.0 is typical)")
+        if min_area_px is not None and (not np.isfinite(min_area_px) or min_area_px < 0):
+            raise InputError(f"min_area_px {min_area_px}: give a pixel count >= 0 (0 keeps every hole and island)")
+        if nms_mode not in ("box", "mask"):
+            raise InputError(f"nms_mode {nms_mode!r}: choose 'box' or 'mask'")
+        scales = tuple(float(s) for s in box_scales)
+        if not scales or any(not (0 < s <= 1) for s in scales):
+            raise InputError(f"box_scales {box_scales!r}: give one or more fractions in (0, 1] of the foreground's side")
+        _check_fraction("refine_margin", refine_margin)
+        self.grid = int(grid)
+        self.points_per_batch = int(points_per_batch)
+        self.pred_iou_thresh = float(pred_iou_thresh)
+        self.stability_thresh = float(stability_thresh)
+        self.stability_offset = float(stability_offset)
+        self.nms_iou = float(nms_iou)
+        self.nms_mode: NmsMode = nms_mode
+        self.min_area_px = None if min_area_px is None else int(min_area_px)
+        self.crop_layers = int(crop_layers)
+        self.crop_overlap = float(crop_overlap)
+        self.crop_points_downscale = int(crop_points_downscale)
+        self.crop_nms_iou = float(crop_nms_iou) if crop_nms_iou is not None else float(nms_iou)
+        self.skip_background = bool(skip_background)
+        self.background_rule = background_rule
+        self.max_background_frac = float(max_background_frac)
+        self.progressive = bool(progressive)
+        self.cover_max_frac = float(cover_max_frac)
+        self.box_scales = scales
+        self.refine = bool(refine)
+        self.refine_margin = float(refine_margin)
+        self.encode_batch = int(encode_batch)
+
+    def _resolve_prompt_mode(self, mode: PromptMode) -> Literal["points", "boxes"]:
+        if mode != "auto":
+            return mode
+        name = getattr(getattr(self.predictor.model, "spec", None), "name", "")
+        return "boxes" if name.startswith(BOX_TRAINED_PREFIXES) else "points"
+
+    # --- public API -----------------------------------------------------------------------------------
+
+    def generate(self, image: np.ndarray, *, source: str = "image") -> list[InstanceMask]:
+        """Proposals for ``image`` ((H, W) or (H, W, 3|4), any bit depth), largest first."""
+        return list(self.run(image, source=source).instances)
+
+    def run(self, image: np.ndarray, *, source: str = "image") -> EverythingResult:
+        """Like :meth:`generate`, with the foreground mask used and what the run did (:class:`EverythingStats`)."""
+        start = time.perf_counter()
+        display = _display_uint8(image, source=source)
+        h, w = display.shape[:2]
+        fg = foreground_mask(display, self.background_rule) if self.skip_background else ForegroundMask(
+            np.ones((h, w), dtype=bool), None, "background skipping off"
+        )
+        crops = crop_boxes((h, w), self.crop_layers, self.crop_overlap)
+        t0 = time.perf_counter()
+        encodings = self._encode_crops(display, crops, source)
+        encode_s = time.perf_counter() - t0
+        counters = _Counters()
+        all_candidates: list[_Candidate] = []
+        for crop, enc in zip(crops, encodings):
+            if enc is None:
+                continue
+            found = self._process_crop(crop, enc, fg, (h, w), counters)
+            all_candidates.extend(found)
+        n_candidates = len(all_candidates)
+        t0 = time.perf_counter()
+        kept = self._merge_crops(all_candidates, len(crops))
+        kept = self._clean(kept, (h, w))
+        instances = sorted((self._instance(c) for c in kept), key=lambda m: (-m.area, m.box))
+        post_s = counters.post_s + time.perf_counter() - t0
+        stats = EverythingStats(
+            grid_points=counters.grid_points,
+            skipped_background=counters.skipped_background,
+            skipped_covered=counters.skipped_covered,
+            prompts=counters.prompts,
+            decoder_calls=counters.decoder_calls,
+            candidates=n_candidates,
+            kept=len(instances),
+            crops=len(crops),
+            encode_s=encode_s,
+            decode_s=counters.decode_s,
+            postprocess_s=post_s,
+            total_s=time.perf_counter() - start,
+            foreground_reason=fg.reason,
+        )
+        return EverythingResult(tuple(instances), fg, stats, (h, w))
+
+    def min_area_for(self, image_hw: tuple[int, int]) -> int:
+        """The min_area_px in effect for an image of this size."""
+        if self.min_area_px is not None:
+            return self.min_area_px
+        return max(1, int(round(MIN_AREA_FRACTION * image_hw[0] * image_hw[1])))
+
+    # --- steps ----------------------------------------------------------------------------------------
+
+    def _encode_crops(self, display: np.ndarray, crops: list[CropBox], source: str) -> list[ImageEncoding | None]:
+        prepared, where = [], []
+        for i, crop in enumerate(crops):
+            window = display[crop.y0 : crop.y1, crop.x0 : crop.x1]
+            if i > 0 and (window.size == 0 or window.max() == window.min()):
+                continue  # a flat tile (e.g. all outside the body) has nothing to find
+            prepared.append(self.predictor.prepare(window, source=f"{source} crop {crop.as_tuple()}" if i else source))
+            where.append(i)
+        encoded = self.predictor.encode_prepared(prepared, batch_size=self.encode_batch)
+        out: list[ImageEncoding | None] = [None] * len(crops)
+        for i, enc in zip(where, encoded):
+            out[i] = enc
+        return out
+
+    def _process_crop(
+        self, crop: CropBox, enc: ImageEncoding, fg: ForegroundMask, image_hw: tuple[int, int], counters: _Counters
+    ) -> list[_Candidate]:
+        n = max(1, self.grid // (self.crop_points_downscale**crop.layer))
+        points = grid_points(crop.hw, n) + np.array([crop.x0, crop.y0], dtype=np.float64)
+        counters.grid_points += len(points)
+        if self.skip_background:
+            on_fg = fg.mask[np.rint(points[:, 1]).astype(int), np.rint(points[:, 0]).astype(int)]
+            counters.skipped_background += int((~on_fg).sum())
+            points = points[on_fg]
+        side = self._foreground_side(fg, crop)
+        fg_area = max(1, int(fg.mask[crop.y0 : crop.y1, crop.x0 : crop.x1].sum()))
+        covered = np.zeros(image_hw, dtype=bool)
+        candidates: list[_Candidate] = []
+        pending = points
+        while len(pending):
+            if self.progressive and candidates:
+                hit = covered[np.rint(pending[:, 1]).astype(int), np.rint(pending[:, 0]).astype(int)]
+                counters.skipped_covered += int(hit.sum())
+                pending = pending[~hit]
+                if not len(pending):
+                    break
+            per_point = 1 if self.prompt_mode == "points" else len(self.box_scales)
+            take = max(1, self.points_per_batch // per_point)
+            batch, pending = pending[:take], pending[take:]
+            found = self._process_batch(batch, crop, enc, fg, side, image_hw, counters)
+            candidates.extend(found)
+            if self.progressive:
+                for c in found:
+                    if c.patch.area <= self.cover_max_frac * fg_area:
+                        x0, y0, x1, y1 = c.patch.box
+                        covered[y0 : y1 + 1, x0 : x1 + 1] |= c.patch.pixels
+        t0 = time.perf_counter()
+        if candidates:
+            keep = self._nms(candidates, np.array([c.predicted_iou for c in candidates]), self.nms_iou)
+            candidates = [candidates[i] for i in keep]
+        counters.post_s += time.perf_counter() - t0
+        return candidates
+
+    def _foreground_side(self, fg: ForegroundMask, crop: CropBox) -> float:
+        """The longer side of the foreground's bounding box inside the crop (box prompts scale with it)."""
+        window = fg.mask[crop.y0 : crop.y1, crop.x0 : crop.x1]
+        ys = np.flatnonzero(window.any(axis=1))
+        xs = np.flatnonzero(window.any(axis=0))
+        if ys.size == 0:
+            return float(max(crop.hw))
+        return float(max(ys[-1] - ys[0] + 1, xs[-1] - xs[0] + 1))
+
+    def _process_batch(
+        self,
+        points: np.ndarray,
+        crop: CropBox,
+        enc: ImageEncoding,
+        fg: ForegroundMask,
+        side: float,
+        image_hw: tuple[int, int],
+        counters: _Counters,
+    ) -> list[_Candidate]:
+        local = points - np.array([crop.x0, crop.y0], dtype=np.float64)
+        if self.prompt_mode == "points":
+            logits, iou = self._decode(enc, points=local, counters=counters)
+            m = logits.shape[1]
+            prompt_boxes = None
+        else:
+            boxes = np.concatenate([anchor_boxes(local, s * side, crop.hw) for s in self.box_scales])
+            logits, iou = self._decode(enc, boxes=boxes, counters=counters)
+            m = 1
+            prompt_boxes = boxes
+            if self.refine:
+                logits, iou, prompt_boxes = self._refine(enc, logits, iou, boxes, crop, counters)
+        t0 = time.perf_counter()
+        # rows of (logits, iou): prompt-major, then mask index; boxes were stacked scale-major
+        logits = logits.reshape(-1, *logits.shape[-2:])
+        iou = iou.reshape(-1)
+        n_prompts = len(logits) // m
+        if self.prompt_mode == "points":
+            row_points = points[np.repeat(np.arange(n_prompts), m)]
+        else:
+            row_points = np.tile(points, (len(self.box_scales), 1))
+        iou_np = iou.float().cpu().numpy()
+        keep = np.flatnonzero(iou_np > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou_np))
+        out: list[_Candidate] = []
+        chunk = max(1, int(2**24 // max(1, crop.area)))  # bounds the float logits upscaled at once (~64 MB)
+        for s in range(0, len(keep), chunk):
+            idx = keep[s : s + chunk]
+            up = upscale_logits(logits[torch.as_tensor(idx)][:, None], enc.transform, self.predictor.config)[:, 0]
+            stab = stability_score(up, 0.0, self.stability_offset).cpu().numpy()
+            masks = (up > 0).cpu().numpy()
+            for j, row in enumerate(idx):
+                if self.stability_thresh > 0 and stab[j] < self.stability_thresh:
+                    continue
+                patch = MaskPatch.from_mask(masks[j], (crop.x0, crop.y0), image_hw)
+                if patch is None:
+                    continue
+                if crop.layer > 0 and near_crop_edge(np.array([patch.box]), crop.as_tuple(), image_hw)[0]:
+                    continue
+                if fg.reference is not None and self._background_share(patch, fg) > self.max_background_frac:
+                    continue
+                pb = None
+                if prompt_boxes is not None:
+                    b = prompt_boxes[row]
+                    pb = (b[0] + crop.x0, b[1] + crop.y0, b[2] + crop.x0, b[3] + crop.y0)
+                px, py = row_points[row]
+                out.append(_Candidate(patch, float(iou_np[row]), float(stab[j]), (float(px), float(py)), pb, crop))
+        counters.post_s += time.perf_counter() - t0
+        return out
+
+    @staticmethod
+    def _background_share(patch: MaskPatch, fg: ForegroundMask) -> float:
+        x0, y0, x1, y1 = patch.box
+        outside = patch.pixels & ~fg.mask[y0 : y1 + 1, x0 : x1 + 1]
+        return float(outside.sum()) / max(1, patch.area)
+
+    def _decode(
+        self, enc: ImageEncoding, *, counters: _Counters, points: np.ndarray | None = None, boxes: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        device = self.predictor.device
+        t = enc.transform
+        if points is not None:
+            pts = torch.as_tensor(t.points_to_input(points), dtype=torch.float32, device=device)[:, None, :]
+            labels = torch.ones(pts.shape[:2], dtype=torch.int64, device=device)
+            logits, iou = self.predictor.predict_torch(enc.embedding, points=pts, point_labels=labels, multimask=True)
+            n = len(points)
+        else:
+            bx = torch.as_tensor(t.boxes_to_input(boxes), dtype=torch.float32, device=device)
+            logits, iou = self.predictor.predict_torch(enc.embedding, boxes=bx, multimask=False)
+            n = len(boxes)
+        counters.prompts += n
+        counters.decoder_calls += -(-n // _decode_chunk())
+        counters.decode_s += time.perf_counter() - t0
+        return logits, iou
+
+    def _refine(
+        self, enc: ImageEncoding, logits: torch.Tensor, iou: torch.Tensor, boxes: np.ndarray, crop: CropBox, counters: _Counters
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Prompt again with each mask's own box (grown by refine_margin); keep whichever has the higher
+        predicted IoU."""
+        t0 = time.perf_counter()
+        h, w = crop.hw
+        tight = lowres_boxes(logits[:, 0], enc.transform, self.predictor.config)
+        valid = tight[:, 2] >= tight[:, 0]
+        grow = np.maximum(2.0, self.refine_margin * np.stack([tight[:, 2] - tight[:, 0], tight[:, 3] - tight[:, 1]], 1))
+        new = np.concatenate([tight[:, :2] - grow, tight[:, 2:] + grow], axis=1)
+        new = np.clip(new, 0, [w - 1, h - 1, w - 1, h - 1])
+        counters.post_s += time.perf_counter() - t0
+        idx = np.flatnonzero(valid)
+        if idx.size == 0:
+            return logits, iou, boxes
+        logits2, iou2 = self._decode(enc, boxes=new[idx], counters=counters)
+        better = (iou2[:, 0] > iou[torch.as_tensor(idx), 0]).cpu().numpy()
+        out_logits, out_iou, out_boxes = logits.clone(), iou.clone(), boxes.copy()
+        sel = idx[better]
+        out_logits[torch.as_tensor(sel)] = logits2[torch.as_tensor(np.flatnonzero(better))]
+        out_iou[torch.as_tensor(sel)] = iou2[torch.as_tensor(np.flatnonzero(better))]
+        out_boxes[sel] = new[sel]
+        return out_logits, out_iou, out_boxes
+
+    def _nms(self, candidates: list[_Candidate], scores: np.ndarray, iou: float) -> np.ndarray:
+        if self.nms_mode == "mask":
+            return nms_masks([c.patch for c in candidates], scores, iou)
+        return nms_boxes(np.array([c.patch.box for c in candidates], dtype=np.float64), scores, iou)
+
+    def _merge_crops(self, candidates: list[_Candidate], n_crops: int) -> list[_Candidate]:
+        if n_crops <= 1 or not candidates:
+            return candidates
+        scores = np.array([1.0 / c.crop.area for c in candidates])  # the smaller crop saw the object larger
+        return [candidates[i] for i in self._nms(candidates, scores, self.crop_nms_iou)]
+
+    def _clean(self, candidates: list[_Candidate], image_hw: tuple[int, int]) -> list[_Candidate]:
+        min_area = self.min_area_for(image_hw)
+        if min_area <= 1 or not candidates:
+            return candidates
+        cleaned, scores = [], []
+        for c in candidates:
+            pixels, changed = remove_small_regions(c.patch.pixels, min_area)
+            if changed:
+                x0, y0 = c.patch.box[:2]
+                patch = MaskPatch.from_mask(pixels, (x0, y0), image_hw)
+                if patch is None:
+                    continue
+                c = _Candidate(patch, c.predicted_iou, c.stability, c.point, c.prompt_box, c.crop)
+            if c.patch.area < min_area:
+                continue
+            cleaned.append(c)
+            scores.append((0.0 if changed else 2.0) + c.predicted_iou)  # prefer masks that needed no cleaning
+        if not cleaned:
+            return []
+        keep = self._nms(cleaned, np.array(scores), self.nms_iou)
+        return [cleaned[i] for i in keep]
+
+    @staticmethod
+    def _instance(c: _Candidate) -> InstanceMask:
+        return InstanceMask(
+            mask=c.patch.to_mask(),
+            box=tuple(int(v) for v in c.patch.box),  # type: ignore[arg-type]
+            area=c.patch.area,
+            predicted_iou=c.predicted_iou,
+            stability_score=c.stability,
+            point=c.point,
+            prompt_box=c.prompt_box,
+            crop_box=c.crop.as_tuple(),
+        )
+
+
+def propose(segmenter: AutomaticSegmenter, image: np.ndarray, *, compressed: bool = True) -> list[Proposal]:
+    """The proposals for ``image`` as JSON-ready dataclasses (ids 1..N, largest first), for a server or app."""
+    return [m.to_proposal(i + 1, compressed=compressed) for i, m in enumerate(segmenter.generate(image))]
+
+
+def lowres_boxes(logits: torch.Tensor, transform: Any, config: Any) -> np.ndarray:
+    """(N, h, w) low-res logits -> (N, 4) boxes (x0, y0, x1, y1) in original pixels of the masks' positive
+    part, read at the decoder's resolution (no upscaling); an empty mask gives (0, 0, -1, -1)."""
+    from medsam.inference.amg.filters import masks_to_boxes
+
+    lr_h, lr_w = logits.shape[-2:]
+    h, w = transform.original_hw
+    if config.resize == "square":
+        vh, vw = lr_h, lr_w
+    else:
+        rh, rw = transform.resized_hw
+        vh = max(1, int(round(rh * lr_h / transform.input_size)))
+        vw = max(1, int(round(rw * lr_w / transform.input_size)))
+    boxes = masks_to_boxes((logits[:, :vh, :vw] > 0).cpu().numpy()).astype(np.float64)
+    empty = boxes[:, 2] < boxes[:, 0]
+    sx, sy = w / vw, h / vh
+    out = np.stack([boxes[:, 0] * sx, boxes[:, 1] * sy, (boxes[:, 2] + 1) * sx - 1, (boxes[:, 3] + 1) * sy - 1], axis=1)
+    out = np.clip(out, 0, [w - 1, h - 1, w - 1, h - 1])
+    out[empty] = (0, 0, -1, -1)
+    return out
+
+
+def _decode_chunk() -> int:
+    from medsam.inference.predictor import DECODE_CHUNK
+
+    return DECODE_CHUNK
+
+
+def _display_uint8(image: np.ndarray, *, source: str) -> np.ndarray:
+    """Validate and bring an image to uint8 0..255 once, so crops share one intensity mapping."""
+    image = np.asarray(image)
+    if image.size == 0:
+        raise InputError(f"{source}: the image is empty (shape {image.shape}); give an image with pixels")
+    check_image_shape(image, source=source)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    display = to_display_range(image, source=source)
+    if display.dtype != np.uint8:
+        display = np.clip(np.rint(display), 0, 255).astype(np.uint8)
+    return display
+
+
+def _check_int(name: str, value: Any, low: int, high: int, *, hint: str) -> None:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and low <= int(value) <= high
+    if not ok:
+        raise InputError(f"{name} {value!r}: must be a whole number from {low} to {high} ({hint})")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} {value!r}: must be a number from 0 to 1") from None
+    if not (0.0 <= v <= 1.0):
+        raise InputError(f"{name} {value!r}: must be a number from 0 to 1")
