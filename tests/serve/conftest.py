@@ -6,7 +6,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
@@ -51,7 +50,7 @@ def make_app(tmp_path: Path, tiny_lite, data_root: Path):
     apps = []
 
     def make(model=None, **overrides):
-        options = dict(sessions_dir=tmp_path / "sessions", data_root=data_root, prefetch_slices=0)
+        options = dict(sessions_dir=tmp_path / "sessions", data_root=data_root, prefetch_slices=0, warm_up=False)
         options.update(overrides)
         app = create_app(ServeSettings(**options), model if model is not None else tiny_lite)
         apps.append(app)

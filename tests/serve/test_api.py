@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,7 +235,7 @@ def test_accept_labels_rename_delete(client, tmp_path):
     second = client.post(f"/api/sessions/{sid}/slices/0/accept", json={"label": "corner"}).json()
     assert second["label"]["value"] == 2
     labels = client.get(f"/api/sessions/{sid}/labels").json()
-    assert [l["name"] for l in labels["labels"]] == ["disc", "corner"] and labels["revision"] == 2
+    assert [lab["name"] for lab in labels["labels"]] == ["disc", "corner"] and labels["revision"] == 2
 
     r = client.patch(f"/api/sessions/{sid}/labels/2", json={"name": "disc"})
     assert r.status_code == 409 and "already called" in r.json()["detail"]
@@ -246,7 +245,7 @@ def test_accept_labels_rename_delete(client, tmp_path):
     assert client.patch(f"/api/sessions/{sid}/labels/2", json={"colour": "blue"}).status_code == 422
 
     left = client.delete(f"/api/sessions/{sid}/labels/1").json()
-    assert [l["value"] for l in left["labels"]] == [2]
+    assert [lab["value"] for lab in left["labels"]] == [2]
     plane = png_array(client.get(f"/api/sessions/{sid}/slices/0/labels").content)
     assert not (plane == 1).any()
     assert client.delete(f"/api/sessions/{sid}/labels/1").status_code == 404
@@ -512,7 +511,7 @@ def test_labels_npz_is_newest_truth(make_client, tmp_path):
     (folder / "session.json").write_text(json.dumps(record))
     second = make_client()
     labels = second.get(f"/api/sessions/{sid}/labels").json()
-    assert [l["name"] for l in labels["labels"]] == ["disc"] and labels["revision"] == 1
+    assert [lab["name"] for lab in labels["labels"]] == ["disc"] and labels["revision"] == 1
 
 
 def test_prefetch_encodes_neighbours(make_client):

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload in MiB (default 512)")
     parser.add_argument("--cache-mb", type=float, default=512.0, help="embedding cache size in MiB (default 512)")
     parser.add_argument("--prefetch", type=int, default=2, help="neighbour slices encoded ahead on each side (0 = off; default 2)")
+    parser.add_argument("--decode-threads", type=int, default=1, help="torch threads for prompts (default 1: robust on shared cores)")
+    parser.add_argument("--encode-threads", type=int, default=None, help="torch threads for encoding and propagation (default: all cores)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_model_options(parser)
     parser.set_defaults(func=run)
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         cache_mb=args.cache_mb,
         prefetch_slices=args.prefetch,
+        decode_threads=args.decode_threads,
+        encode_threads=args.encode_threads,
         **kwargs,
     )
     if not is_loopback(settings.host) and settings.token is None:

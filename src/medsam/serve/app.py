@@ -268,8 +268,16 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         from medsam.models.registry import build_model
 
         model = build_model(settings.model, checkpoint=settings.checkpoint, device=settings.device)
-    engine = ModelEngine(model, cache_mb=settings.cache_mb, prefetch_idle_s=settings.prefetch_idle_s)
+    engine = ModelEngine(
+        model,
+        cache_mb=settings.cache_mb,
+        prefetch_idle_s=settings.prefetch_idle_s,
+        decode_threads=settings.decode_threads,
+        encode_threads=settings.encode_threads,
+    )
     state = ServerState(settings, engine, SessionRegistry(settings))
+    if settings.warm_up:
+        engine.warm_up()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -56,6 +56,22 @@ class ModelLock:
                 self._cond.notify_all()
 
 
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """Run torch ops of this thread with ``count`` intra-op threads (None: leave as is)."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    if before != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if before != count:
+            torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class Decoded:
     """One object's answer: full-size mask, its low-res logits (1, h, w), predicted IoU and timings."""
@@ -69,10 +85,24 @@ class Decoded:
 class ModelEngine:
     """Owns the predictor (and its bounded LRU embedding cache), the model lock and the prefetch worker."""
 
-    def __init__(self, model: torch.nn.Module, *, cache_mb: float = 512, prefetch_idle_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        cache_mb: float = 512,
+        prefetch_idle_s: float = 0.3,
+        decode_threads: int | None = 1,
+        encode_threads: int | None = None,
+    ) -> None:
+        """decode_threads / encode_threads: torch intra-op threads for prompts and for encoding (None: torch's
+        default). The setting is per calling thread and taken under the model lock. One thread for the
+        small decoder ops is robust when the cores are shared: with two, OpenMP's barriers make each op wait
+        for a busy core and a 20 ms decode can take 500 ms."""
         self.model = model
         self.predictor = Predictor(model, cache_bytes=int(cache_mb * 2**20))
         self.lock = ModelLock()
+        self.decode_threads = decode_threads
+        self.encode_threads = encode_threads if encode_threads is not None else torch.get_num_threads()
         self.last_prompt = 0.0
         self.prefetch = EncodeAhead(self, idle_s=prefetch_idle_s)
 
@@ -94,7 +124,7 @@ class ModelEngine:
             return found, 0.0
         prepared = stack.prepare(self.predictor, z)
         start = time.perf_counter()
-        with self.lock.hold(priority):
+        with self.lock.hold(priority), threads(self.encode_threads):
             enc = self.predictor.encode_prepared([prepared], batch_size=1)[0]
         return enc, (time.perf_counter() - start) * 1000.0
 
@@ -111,7 +141,7 @@ class ModelEngine:
         """One decoder call for one object on a cached embedding; prompts in slice pixels."""
         self.touch()
         start = time.perf_counter()
-        with self.lock.hold(INTERACTIVE):
+        with self.lock.hold(INTERACTIVE), threads(self.decode_threads):
             self.predictor.set_encoding(enc)
             pred = self.predictor.predict(
                 boxes=None if box is None else np.asarray(box, dtype=np.float64)[None],
@@ -123,6 +153,27 @@ class ModelEngine:
         if multimask:
             pred = pred.best()
         return Decoded(pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]), (time.perf_counter() - start) * 1000.0)
+
+    def warm_up(self) -> float:
+        """One decode of each prompt kind on a blank embedding, so the first person's prompt does not pay
+        for the kernels' first-call set-up. Returns the seconds spent."""
+        start = time.perf_counter()
+        model = self.model
+        size = model.image_size
+        with torch.inference_mode(), self.lock.hold(BACKGROUND), threads(self.decode_threads):
+            emb = torch.zeros((1, *self._embedding_shape()), device=self.predictor.device)
+            box = torch.tensor([[size * 0.25, size * 0.25, size * 0.75, size * 0.75]], device=self.predictor.device)
+            pts = torch.tensor([[[size * 0.5, size * 0.5]]], device=self.predictor.device)
+            lab = torch.ones((1, 1), dtype=torch.int64, device=self.predictor.device)
+            mask = torch.zeros((1, 1, *model.low_res_size), device=self.predictor.device)
+            self.predictor.predict_torch(emb, box)
+            self.predictor.predict_torch(emb, box, pts, lab, mask)
+            self.predictor.predict_torch(emb, None, pts, lab)
+        return time.perf_counter() - start
+
+    def _embedding_shape(self) -> tuple[int, int, int]:
+        pe = self.model.prompt_encoder.get_dense_pe()
+        return tuple(pe.shape[1:])  # type: ignore[return-value]
 
     def close(self) -> None:
         self.prefetch.stop()

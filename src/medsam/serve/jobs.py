@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsam.errors import MedsamError
-from medsam.serve.engine import JOB, ModelEngine
+from medsam.serve.engine import JOB, ModelEngine, threads
 from medsam.serve.errors import Conflict
 from medsam.serve.session import LabelEntry, Session, utc_now
 from medsam.types import Box
@@ -93,7 +93,7 @@ class PropagationJob:
             reached: set[int] = set()
             unsaved = 0
             while not self._cancel.is_set():
-                with engine.lock.hold(JOB):
+                with engine.lock.hold(JOB), threads(engine.encode_threads):
                     result = next(steps, None)
                 if result is None:
                     break

@@ -43,6 +43,9 @@ class ServeSettings:
     allowed_hosts: Host header values accepted (guards a loopback server against DNS rebinding); None = the
         loopback names when bound to loopback, anything otherwise; ("*",) = anything.
     propagation_batch: slices encoded per model-lock turn while propagating (1 keeps prompts responsive).
+    warm_up: run each kind of decode once at start so the first prompt is as fast as the next ones.
+    decode_threads / encode_threads: torch threads for prompts / for encoding and propagation (None = torch's
+        default, all cores). One decode thread keeps prompts fast when other programs share the cores.
     """
 
     host: str = "127.0.0.1"
@@ -61,6 +64,9 @@ class ServeSettings:
     max_drafts: int = 128
     allowed_hosts: tuple[str, ...] | None = None
     propagation_batch: int = 1
+    warm_up: bool = True
+    decode_threads: int | None = 1
+    encode_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.data_root is not None:
