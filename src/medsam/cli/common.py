@@ -5,14 +5,63 @@ from __future__ import annotations
 import argparse
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} threads: give 1 or more")
+    return value
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from medsam.inference.engines.options import BACKENDS, PRECISIONS
+
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="lite_medsam", help="model variant (see `medsam models`); default lite_medsam")
     group.add_argument("--checkpoint", default=None, help="weights file or Hugging Face folder; default: the variant's own")
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N; default: CUDA when available")
+    group.add_argument(
+        "--precision", choices=("auto",) + PRECISIONS, default="auto",
+        help="auto (default): bf16 where the CPU has native bf16, else fp32. "
+        "`--precision fp32 --backend torch` is the exact reference path",
+    )
+    group.add_argument(
+        "--backend", choices=("auto",) + BACKENDS, default="auto",
+        help="auto (default): openvino if installed, else onnxruntime, else torch; a missing engine falls back to torch",
+    )
+    group.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the model; default: all cores")
 
 
 def load_model(args: argparse.Namespace):
     from medsam.models.registry import build_model
 
     return build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+
+
+def execution_options(args: argparse.Namespace):
+    from medsam.inference.engines.options import ExecutionOptions
+
+    return ExecutionOptions(
+        getattr(args, "precision", "auto"), getattr(args, "backend", "auto"), getattr(args, "threads", None)
+    )
+
+
+def load_predictor(args: argparse.Namespace, **predictor_kwargs):
+    """The model of ``--model/--checkpoint/--device`` in a Predictor running ``--precision/--backend/--threads``.
+
+    A fallback (engine not installed, ...) is reported on stderr as a note, not as a Python warning.
+    """
+    import sys
+    import warnings
+
+    from medsam.inference.engines import make_predictor
+
+    model = load_model(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        predictor = make_predictor(model, execution_options(args), **predictor_kwargs)
+    for warning in caught:
+        print(f"medsam: note: {warning.message}", file=sys.stderr)
+    return predictor

@@ -48,17 +48,23 @@ class PreparedImage:
 class Predictor:
     """Prompted segmentation with one cached image encoding at a time (and an LRU of recent ones)."""
 
-    def __init__(self, model: torch.nn.Module, *, cache_bytes: int = 256 * 2**20, encoder: Any = None) -> None:
+    def __init__(
+        self, model: torch.nn.Module, *, cache_bytes: int = 256 * 2**20, encoder: Any = None, decoder: Any = None
+    ) -> None:
         """model: a SamModel from ``build_model``. encoder: optional callable (B,3,S,S) tensor -> embeddings
-        replacing ``model.encode`` (fast engines plug in here)."""
+        replacing ``model.encode``; decoder: optional callable with the signature of ``model.decode``
+        (fast engines plug in here, see ``medsam.inference.engines.make_predictor``)."""
         self.model = model
         spec = getattr(model, "spec", None)
         if spec is None:
             raise TypeError("Predictor needs a model built by medsam.models.registry.build_model")
         self.config: PreprocessConfig = spec.preprocess
-        self.model_id = f"{spec.name}:{model_fingerprint(model)}"
+        # Embeddings of another engine differ slightly: the engine is part of the signature.
+        engine = f":{getattr(encoder, 'cache_tag', type(encoder).__name__)}" if encoder is not None else ""
+        self.model_id = f"{spec.name}:{model_fingerprint(model)}{engine}"
         self.cache: LRUCache[ImageEncoding] = LRUCache(cache_bytes)
         self._encoder = encoder if encoder is not None else model.encode
+        self._decoder = decoder if decoder is not None else model.decode
         self._current: ImageEncoding | None = None
 
     @property
@@ -164,7 +170,7 @@ class Predictor:
         for s in range(0, n, DECODE_CHUNK):
             sl = slice(s, s + DECODE_CHUNK)
             emb = embedding if embedding.shape[0] == 1 else embedding[sl]
-            logits, iou = self.model.decode(
+            logits, iou = self._decoder(
                 emb,
                 boxes=boxes[sl] if boxes is not None else None,
                 points=points[sl] if points is not None else None,

@@ -1,0 +1,60 @@
+"""OpenVINO engines (CPU plugin) reading the exported ONNX graphs.
+
+Configuration: ``INFERENCE_PRECISION_HINT`` bf16 or f32 (bf16 runs on AMX / AVX512-BF16; OpenVINO keeps
+the numerically sensitive ops in f32), ``PERFORMANCE_HINT`` LATENCY with one stream and
+``INFERENCE_NUM_THREADS`` threads, and ``CACHE_DIR`` in the medsam model cache, so the compiled blob is
+made once per machine and later loads skip the compilation (OpenVINO checks the blob against the
+model and the configuration itself).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsam.inference.engines.base import import_engine
+
+_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
+
+
+def compile_model(path: Path, precision: str, threads: int, cache_dir: Path | None):
+    ov = import_engine("openvino")
+    core = ov.Core()
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": _HINT[precision],
+    }
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    return core.compile_model(str(path), "CPU", config)
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().float().numpy())
+
+
+class OpenVINOEncoder:
+    def __init__(self, path: Path, precision: str, threads: int, cache_dir: Path | None) -> None:
+        self.compiled = compile_model(path, precision, threads, cache_dir)
+        self.request = self.compiled.create_infer_request()
+        self.name = f"openvino {precision}"
+        self.cache_tag = f"openvino-{precision}"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.request.infer({"images": _np(images)})
+        return torch.from_numpy(np.array(out["embeddings"])).to(images.device)
+
+
+class OpenVINODecoderCore:
+    def __init__(self, path: Path, precision: str, threads: int, cache_dir: Path | None) -> None:
+        self.compiled = compile_model(path, precision, threads, cache_dir)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, embeddings, sparse, dense):
+        out = self.request.infer({"embeddings": _np(embeddings), "sparse": _np(sparse), "dense": _np(dense)})
+        dev = embeddings.device
+        return torch.from_numpy(np.array(out["masks"])).to(dev), torch.from_numpy(np.array(out["iou"])).to(dev)

@@ -1,0 +1,117 @@
+"""Execution options: which engine runs the model, at which precision, on how many threads.
+
+    ExecutionOptions()                                   # "auto": the default fast path on this machine
+    ExecutionOptions(precision="fp32", backend="torch")  # the exact path (matches the golden outputs)
+    ExecutionOptions(precision="bf16", backend="openvino", threads=2)
+
+``resolve()`` turns "auto" into a concrete choice for this machine and what is installed:
+
+- backend auto: openvino if installed, else onnxruntime, else torch (on a CUDA device: always torch);
+- precision auto: bf16 where the CPU computes bf16 natively (AVX512-BF16 or AMX; oneDNN reports it), else
+  fp32. With CUDA: fp32.
+
+The default fast path (OpenVINO bf16 here) is not bit-exact: its masks agree with the exact fp32 path at a
+DSC of 0.98 or more on the development images (benchmarks/speed.py measures it). Ask for
+``precision="fp32", backend="torch"`` (CLI: ``--precision fp32 --backend torch``) for the exact path.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+
+from medsam.errors import MedsamError
+
+PRECISIONS = ("fp32", "bf16", "int8")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+_BACKEND_MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+class OptionsError(MedsamError, ValueError):
+    """An execution option has a value that does not exist."""
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How to run a model. precision: auto|fp32|bf16|int8; backend: auto|torch|onnxruntime|openvino;
+    threads: intra-op threads (None: the number of cores this process may use)."""
+
+    precision: str = "auto"
+    backend: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto",) + PRECISIONS:
+            raise OptionsError(f"precision {self.precision!r} does not exist; use one of auto, {', '.join(PRECISIONS)}")
+        if self.backend not in ("auto",) + BACKENDS:
+            raise OptionsError(f"backend {self.backend!r} does not exist; use one of auto, {', '.join(BACKENDS)}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise OptionsError(f"threads={self.threads!r}: give a positive whole number, or None for all cores")
+
+    @classmethod
+    def exact(cls, threads: int | None = None) -> "ExecutionOptions":
+        """The reference path: eager PyTorch in fp32, the one the golden fidelity tests check."""
+        return cls("fp32", "torch", threads)
+
+    @property
+    def is_exact(self) -> bool:
+        return self.precision == "fp32" and self.backend == "torch"
+
+    def resolve(self, device: str = "cpu") -> "ExecutionOptions":
+        """A concrete choice (no "auto") for this machine, the installed engines and ``device`` ("cpu"/"cuda...")."""
+        on_cpu = str(device).startswith("cpu")
+        backend = self.backend
+        if backend == "auto":
+            backend = next((b for b in ("openvino", "onnxruntime") if engine_installed(b)), "torch") if on_cpu else "torch"
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if on_cpu and cpu_has_native_bf16() else "fp32"
+        return ExecutionOptions(precision, backend, self.threads if self.threads is not None else default_threads())
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        exact = " (exact)" if self.is_exact else ""
+        return f"{self.backend} {self.precision}{threads}{exact}"
+
+
+def engine_installed(backend: str) -> bool:
+    """Whether the package behind ``backend`` can be imported (without importing it)."""
+    return importlib.util.find_spec(_BACKEND_MODULE[backend]) is not None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 is faster than fp32 here."""
+    import torch
+
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_flags_have_bf16()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _cpu_flags_have_bf16() -> bool:
+    # oneDNN's "bf16 supported" is also true for plain AVX-512 (emulated, slower than fp32); ask for the
+    # instructions that make bf16 fast. Where /proc/cpuinfo is absent (macOS, Windows) trust oneDNN.
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return True
+    return True
+
+
+def default_threads() -> int:
+    """The cores this process may run on (the affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
