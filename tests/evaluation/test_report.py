@@ -111,3 +111,17 @@ def test_cli_empty_manifest_is_a_clear_error(tmp_path, capsys):
     rc = main(["evaluate", "--data", str(empty), "--model", "tiny_lite", "-o", str(tmp_path / "out")])
     assert rc == 2 and "lists no cases" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_results_are_written_without_matplotlib(tmp_path, result, monkeypatch):
+    from medsam.errors import BackendUnavailableError
+    from medsam.evaluation import plots
+
+    def missing(*_args, **_kwargs):
+        raise BackendUnavailableError("evaluation plots need matplotlib: pip install 'medsam-toolkit[eval]'")
+
+    monkeypatch.setattr(plots, "_figure", missing)
+    report = result.write(tmp_path / "r")
+    text = report.read_text()
+    assert "No plots: evaluation plots need matplotlib" in text and not (tmp_path / "r" / "plots").exists()
+    assert all((tmp_path / "r" / link).is_file() for link in _links(text))

@@ -19,11 +19,13 @@ import csv
 import io
 import math
 import re
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from medsam.errors import BackendUnavailableError
 from medsam.evaluation.results import EvaluationResult, RunSummary, WorstCase, rows_csv, summaries_csv
 from medsam.io.atomic import atomic_dir, check_writable
 
@@ -136,9 +138,16 @@ def write_results(
         (tmp / "summary.csv").write_text(summaries_csv(by_dataset + by_modality + pooled), encoding="utf-8")
         if curves:
             (tmp / "clicks.csv").write_text(_clicks_csv(result), encoding="utf-8")
-        figures = _write_plots(result, curves, tmp) if plots else {}
+        figures: dict[str, str] = {}
+        notes: list[str] = []
+        if plots:
+            try:
+                figures = _write_plots(result, curves, tmp)
+            except BackendUnavailableError as exc:  # the numbers matter more than the figures: write them anyway
+                notes.append(f"No plots: {exc}.")
+                shutil.rmtree(tmp / "plots", ignore_errors=True)
         pictures = _write_pictures(result, tmp)
-        text = _report_text(result, by_dataset, by_modality, pooled, figures, pictures, command, curves)
+        text = _report_text(result, by_dataset, by_modality, pooled, figures, pictures, command, curves, notes)
         (tmp / "report.md").write_text(text, encoding="utf-8")
     return out_dir / "report.md"
 
@@ -183,6 +192,7 @@ def _report_text(
     pictures: Sequence[tuple[WorstCase, str]],
     command: str | None,
     curves,
+    notes: Sequence[str] = (),
 ) -> str:
     n2 = sum(1 for c in result.cases if c.dims == "2d")
     n3 = len(result.cases) - n2
@@ -204,6 +214,7 @@ def _report_text(
         "or mm (3D); `inf` when a prediction is empty. Cases that could not be scored are not in the "
         "statistics (column *not scored*; see the list at the end).",
         "",
+        *[f"> {note}\n" for note in notes],
         "## Per dataset",
         "",
         *_table(by_dataset, "dataset"),

@@ -143,7 +143,7 @@ def evaluate(
         raise InputError(f"tolerance {tolerance!r}: give a distance >= 0 (mm for volumes, px for images)")
     built = _models(models, device)
     predictors = [(choice, Predictor(model, cache_bytes=cache_bytes)) for choice, model in built]
-    runs = [RunSpec(choice, mode, spec) for choice, _ in built for mode in dict.fromkeys(mode_list) for spec in dict.fromkeys(prompt_specs)]
+    runs = [RunSpec(choice, m, spec) for choice, _ in built for m in dict.fromkeys(mode_list) for spec in dict.fromkeys(prompt_specs)]
 
     loader = CaseLoader()
     worst = WorstCases(keep_worst)
