@@ -122,7 +122,11 @@ def test_bad_rows_are_reported_and_the_run_goes_on(tmp_path, tiny_lite):
         dict(dataset="s", case="no_object", image="images/good.png", mask="masks/blank.png", label=255),
         dict(dataset="s", case="wrong_label", image="images/good.png", mask="masks/good.png", label=7),
         dict(dataset="s", case="bad_label", image="images/good.png", mask="masks/good.png", label="x"),
+        dict(dataset="s", case="corrupt", image="images/corrupt.png", mask="masks/good.png", label=255),
+        dict(dataset="v", case="corrupt_npz", dims="3d", image="broken.npz", mask="broken.npz", label=1),
     ]
+    (tmp_path / "images" / "corrupt.png").write_bytes(b"not a png at all")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
     res = evaluate(write_manifest(tmp_path / "m.csv", rows), [tiny_lite], progress=False)
     status = {r.case: (r.status, r.message) for r in res.rows}
     assert status["good"][0] == "ok"
@@ -131,8 +135,10 @@ def test_bad_rows_are_reported_and_the_run_goes_on(tmp_path, tiny_lite):
     assert status["no_object"][0] == "empty_mask" and status["wrong_label"][0] == "empty_mask"
     assert "value 7" in status["wrong_label"][1]
     assert status["bad_label"][0] == "bad_row" and "m.csv line 7" in status["bad_label"][1]
+    assert status["corrupt"][0] == "unreadable" and "corrupt.png" in status["corrupt"][1]
+    assert status["corrupt_npz"][0] == "unreadable" and "broken.npz" in status["corrupt_npz"][1]
     (dsc,) = [s for s in res.summaries(("dataset",)) if s.summary.metric == "dsc"]
-    assert dsc.summary.n == 1 and dsc.n_failed == 5
+    assert dsc.summary.n == 1 and dsc.n_failed == 6
     for r in res.failures:
         assert math.isnan(r.dsc)
 

@@ -189,8 +189,10 @@ def _evaluate_case(
 ) -> list[CaseResult]:
     try:
         loaded = loader.load(case)
-    except (MedsamError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - an unreadable case is reported, the evaluation goes on
         status, message = _failure(exc)
+        if status == "error":
+            status, message = "unreadable", f"{case.image_path} / {case.mask_path}: {message}"
         return [_row(run, case, status, message) for run in runs]
     seed = case_seed(run_seed, case.key)
     by_run: dict[str, CaseResult] = {}
