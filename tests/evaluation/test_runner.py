@@ -163,3 +163,22 @@ def test_to_csv_writes_every_row_and_refuses_to_overwrite(tmp_path, result):
     assert len(clicks["dsc_per_click"].split(";")) == 3
     with pytest.raises(OutputError, match="already exists"):
         result.to_csv(path)
+
+
+def test_cvpr24_npz_folder_uses_the_given_boxes(tmp_path, tiny_lite):
+    gts = np.zeros((40, 50), np.uint8)
+    gts[5:15, 8:20] = 1
+    gts[20:35, 25:45] = 2
+    imgs = np.repeat(np.where(gts > 0, 200, 30).astype(np.uint8)[..., None], 3, axis=2)
+    np.savez(tmp_path / "2DBox_US_0001.npz", imgs=imgs, gts=gts, boxes=np.array([[6, 4, 21, 16], [24, 19, 46, 36]]))
+    res = evaluate(tmp_path, [tiny_lite], progress=False)
+    assert [(r.case, r.status) for r in res.rows] == [("2DBox_US_0001_label1", "ok"), ("2DBox_US_0001_label2", "ok")]
+    assert json.loads(res.rows[1].prompt_json)["box"] == [24, 19, 46, 36]
+
+
+def test_paired_folders_evaluate(tmp_path, tiny_lite):
+    disc_case(tmp_path / "pairs", "p0")
+    disc_case(tmp_path / "pairs", "p1", centre=(20, 20), radius=7)
+    res = evaluate(tmp_path / "pairs", [tiny_lite], prompt="points:2", progress=False)
+    assert [r.status for r in res.rows] == ["ok", "ok"] and {r.dataset for r in res.rows} == {"pairs"}
+    assert all(len(json.loads(r.prompt_json)["points"]["labels"]) == 2 for r in res.rows)
