@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "medsam.cli.evaluate",
     "medsam.cli.segment_volume",
     "medsam.cli.segment_video",
+    "medsam.cli.finetune",
     "medsam.cli.serve",
     "medsam.cli.everything",
 ]
