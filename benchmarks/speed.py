@@ -19,7 +19,7 @@ Columns:
   DSC gt          mean DSC against the ground truth over the 2D cases; "3D" the same for the volumes
   min DSC ref     the lowest per-case DSC between the path's mask and the reference path's mask
   cli s / MiB     `medsam segment` as a subprocess: wall time from start to mask written (import, model
-                  load, engine load from the warm model cache, one case) and that process's peak RSS
+                  load, engine load from the warm model cache, one case) and that process's peak RSS (VmHWM)
 The load average (uptime) is printed before and after: on a shared machine every figure drifts with it.
 """
 
@@ -232,17 +232,21 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for r in runs:
                 out = Path(tmp) / f"{r.backend}-{r.precision}.png"
-                cmd = [sys.executable, "-m", "medsam.cli", "segment", str(DATA / c["image"]), "--box",
+                # The child reports its own peak RSS (VmHWM resets at exec; rusage would count the forked parent).
+                wrapper = ("import runpy, sys, atexit; atexit.register(lambda: print(next(l for l in open('/proc/self/status') "
+                           "if l.startswith('VmHWM')), file=sys.stderr)); sys.argv[0] = 'medsam'; "
+                           "runpy.run_module('medsam.cli', run_name='__main__')")
+                cmd = [sys.executable, "-c", wrapper, "segment", str(DATA / c["image"]), "--box",
                        ",".join(str(int(v)) for v in box), "-o", str(out), "--precision", r.precision, "--backend", r.backend]
                 if args.threads:
                     cmd += ["--threads", str(args.threads)]
                 start = time.perf_counter()
-                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                _, status, usage = os.wait4(proc.pid, 0)
+                proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                 r.cli_s = time.perf_counter() - start
-                r.cli_mib = usage.ru_maxrss / 1024
-                if status != 0 or not out.is_file():
-                    print(f"{r.label}: medsam segment failed: {proc.stderr.read().decode()[-500:]}")
+                hwm = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM")]
+                r.cli_mib = int(hwm[0]) / 1024 if hwm else float("nan")
+                if proc.returncode != 0 or not out.is_file():
+                    print(f"{r.label}: medsam segment failed: {proc.stderr[-500:]}")
 
     med = statistics.median
     print(f"load average at end: {load_avg()}")

@@ -4,7 +4,7 @@ Two graphs, both with a dynamic batch:
 
 - encoder: ``images`` (B, 3, S, S) normalised and padded -> ``embeddings`` (B, C, h, w); traced from the
   inference copy (BatchNorm folded, attention bias fixed, see ``medsam.models.optimize``);
-- decoder core: ``embeddings`` (B or 1, C, h, w), ``sparse`` (B, T, C) prompt tokens, ``dense`` (B, C, h, w)
+- decoder core (the token-layout ``FastMaskDecoder``): ``embeddings`` (B or 1, C, h, w), ``sparse`` (B, T, C) prompt tokens, ``dense`` (B, C, h, w)
   dense prompt embeddings -> ``masks`` (B, M+1, 4h, 4w) low-res logits of every mask token and ``iou``
   (B, M+1). The dense positional encoding is a constant of the graph; the prompt encoder (a few sines of
   the box corners) stays in PyTorch. One embedding (1, C, h, w) broadcasts over B prompts.
@@ -22,14 +22,19 @@ import torch
 from torch import nn
 
 OPSET = 17
+GRAPH_VERSION = 2  # bump when the exported graphs change, so cached exports are rebuilt
 
 
 class DecoderCore(nn.Module):
     """The mask decoder with the image positional encoding baked in (what the decoder graph computes)."""
 
     def __init__(self, model: nn.Module) -> None:
+        from medsam.models.mask_decoder import MaskDecoder
+        from medsam.models.optimize import FastMaskDecoder
+
         super().__init__()
-        self.mask_decoder = model.mask_decoder
+        dec = model.mask_decoder
+        self.mask_decoder = FastMaskDecoder(dec) if isinstance(dec, MaskDecoder) else dec
         with torch.no_grad():
             self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import cv2
 import numpy as np
-from PIL import Image
 
 from medsam.errors import InputError
 
@@ -158,7 +156,11 @@ def resize_image(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     if (h, w) == image.shape[:2]:
         return image
     if config.interpolation == "area":
+        import cv2  # imported here: `import medsam` and building a model stay free of OpenCV
+
         return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    from PIL import Image
+
     resample = Image.BILINEAR if config.interpolation == "bilinear" else Image.BICUBIC
     if image.dtype == np.uint8:
         return np.asarray(Image.fromarray(image).resize((w, h), resample=resample))

@@ -15,7 +15,7 @@ from pathlib import Path
 from medsam.errors import BackendUnavailableError
 from medsam.inference.cache import model_fingerprint
 from medsam.inference.engines.model_cache import BuildStamp, ModelCache, package_versions
-from medsam.models.export import OPSET, export_decoder, export_encoder
+from medsam.models.export import GRAPH_VERSION, OPSET, export_decoder, export_encoder
 
 _VERSIONS = ("medsam-toolkit", "torch", "onnx", "onnxruntime", "openvino")
 
@@ -23,7 +23,7 @@ _VERSIONS = ("medsam-toolkit", "torch", "onnx", "onnxruntime", "openvino")
 def stamp_for(model, part: str, precision: str) -> BuildStamp:
     return BuildStamp(
         model=model.spec.name, fingerprint=model_fingerprint(model), part=part, precision=precision,
-        opset=OPSET, versions=package_versions(*_VERSIONS),
+        opset=OPSET, graph_version=GRAPH_VERSION, versions=package_versions(*_VERSIONS),
     )
 
 

@@ -53,6 +53,7 @@ class BuildStamp:
     part: str  # "encoder" or "decoder"
     precision: str
     opset: int
+    graph_version: int = 0
     versions: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     extra: str = ""
 
