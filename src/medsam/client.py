@@ -281,9 +281,31 @@ class MedsamClient:
 
     # --- proposals --------------------------------------------------------------------------------------
 
-    def proposals(self, sid: str, z: int = 0, *, max_proposals: int = 32, mask_format: str = "png") -> S.ProposalList:
-        body = {"max_proposals": max_proposals, "mask_format": mask_format}
+    def proposals(
+        self,
+        sid: str,
+        z: int = 0,
+        *,
+        max_proposals: int = 32,
+        grid: int = 16,
+        pred_iou_thresh: float | None = None,
+        stability_thresh: float | None = None,
+        refresh: bool = False,
+        mask_format: str = "png",
+    ) -> S.ProposalList:
+        """Automatic proposals of slice z (computed once, then kept until picked, deleted or refreshed)."""
+        body = self._body(
+            max_proposals=max_proposals,
+            grid=grid,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_thresh=stability_thresh,
+            refresh=refresh,
+            mask_format=mask_format,
+        )
         return self._json("POST", f"/api/sessions/{sid}/slices/{z}/proposals", S.ProposalList, json=body)
+
+    def kept_proposals(self, sid: str, z: int = 0, *, mask_format: str = "png") -> S.ProposalList:
+        return self._json("GET", f"/api/sessions/{sid}/slices/{z}/proposals", S.ProposalList, params={"mask_format": mask_format})
 
     def accept_proposal(
         self, sid: str, z: int, proposal_id: int, *, label: str, colour: str | None = None, mode: str = "add"

@@ -29,8 +29,8 @@ Endpoints (all under ``/api``; z is the slice index, 0 for a 2D image):
     GET    /sessions/{sid}/jobs[/{job}]              job progress; DELETE cancels
     POST   /sessions/{sid}/export                    png/overlay (2D), nifti/nrrd/mha/npz/dicom-seg/rtstruct/montage
     GET    /sessions/{sid}/exports[/{name}]          list / download exports
-    POST   /sessions/{sid}/slices/{z}/proposals      automatic mask proposals (when medsam.inference.everything exists)
-    POST   /sessions/{sid}/slices/{z}/proposals/{id}/accept, DELETE .../proposals/{id}
+    POST   /sessions/{sid}/slices/{z}/proposals      automatic mask proposals ("segment everything"); GET: kept ones
+    POST   /sessions/{sid}/slices/{z}/proposals/{id}/accept   name one (save it under a label); DELETE drops it
 
 Errors are JSON ``{"detail": message, "error": kind}``: 400 bad input or prompt, 401 token, 403 path outside
 the data root, 404 unknown session/slice/label/job/export, 409 conflicts (export exists, nothing to
@@ -393,6 +393,8 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
             raise Conflict(f"deleting session {sid} removes its accepted labels and exports; pass confirm=true to do it")
         engine.prefetch.cancel(sid)
         state.registry.delete(sid)
+        for key in [k for k in state.proposals if k[0] == sid]:
+            state.proposals.pop(key, None)
         return Response(status_code=204)
 
     # --- slices ---------------------------------------------------------------------------------------

@@ -213,14 +213,16 @@ class EncodeAhead:
         with self._cond:
             return sum(1 for p in self._pending if key is None or p[0] == key)
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 1.0) -> None:
+        """Stop taking work; an encode in flight is not waited for longer than ``wait_s`` (the thread is a
+        daemon and writes nothing, so a server can exit without waiting for it)."""
         with self._cond:
             self._stop = True
             self._pending.clear()
             self._cond.notify_all()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=30)
+            thread.join(timeout=wait_s)
 
     def _next(self) -> tuple[str, ImageStack, int] | None:
         with self._cond:

@@ -272,15 +272,21 @@ class ExportList(BaseModel):
 
 
 class ProposalRequest(_Model):
+    """Ask for automatic proposals ("segment everything") on one slice; they are kept until picked or deleted."""
+
     mask_format: MaskFormat = "png"
-    max_proposals: int = Field(32, ge=1, le=256)
+    max_proposals: int = Field(32, ge=1, le=256, description="keep the largest N")
+    grid: int = Field(16, ge=2, le=64, description="prompts on a grid x grid lattice (more finds smaller things)")
+    pred_iou_thresh: float | None = Field(None, ge=0, le=1, description="default: the segmenter's for the model")
+    stability_thresh: float | None = Field(None, ge=0, le=1)
+    refresh: bool = Field(False, description="compute again even when proposals of this slice are kept")
 
 
 class Proposal(BaseModel):
     id: int
     area_px: int
-    bbox: list[float]
-    iou: float | None
+    bbox: list[float] = Field(description="tight x0, y0, x1, y1 (inclusive)")
+    iou: float | None = Field(description="the model's predicted IoU")
     stability: float | None
     mask: MaskPayload | None
 
@@ -288,7 +294,8 @@ class Proposal(BaseModel):
 class ProposalList(BaseModel):
     z: int
     proposals: list[Proposal]
-    latency_ms: float
+    latency_ms: float = Field(description="server time of this request (0-ish when the proposals were kept)")
+    computed: bool = Field(description="true when this request ran the segmenter")
 
 
 class ProposalAccept(_Model):

@@ -22,6 +22,9 @@ const state = {
   job: null,
   browserPath: "",
   sliceToken: 0,          // guards against late answers for a slice we already left
+  proposals: [],          // automatic proposals of this slice (with decoded masks)
+  selectedProposal: null,
+  proposalsCanvas: document.createElement("canvas"),
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -153,6 +156,7 @@ function render() {
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(state.image, 0, 0);
   if (state.showLabels && state.labelValues) ctx.drawImage(state.labelsCanvas, 0, 0);
+  if (state.proposals.length) ctx.drawImage(state.proposalsCanvas, 0, 0);
   if (state.draft && state.draft.has_mask) ctx.drawImage(state.draftCanvas, 0, 0);
   const lw = Math.max(1, canvas.width / 400);
   const p = state.draft && state.draft.has_mask ? state.draft.prompt : null;
@@ -244,6 +248,7 @@ async function showSlice(z) {
     api(`/api/sessions/${s.id}/slices/${z}/draft?mask_format=rle`),
   ]);
   const image = await createImageBitmap(await imgRes.blob());
+  clearProposals();
   const labels = await decodeLabels(await labRes.blob());
   if (ticket !== state.sliceToken) return;  // the person moved on meanwhile
   state.image = image;
@@ -405,6 +410,7 @@ async function clearDraft() {
 async function accept() {
   const s = state.session;
   const d = state.draft;
+  if (s && (!d || !d.has_mask) && state.selectedProposal !== null) { acceptProposal(); return; }
   if (!s || !d || !d.has_mask) { setStatus("nothing to accept: draw a box or click first", "ready"); return; }
   const name = $("label-name").value.trim() || "label";
   const existing = s.label_list.find((l) => l.name === name);
@@ -435,6 +441,109 @@ function suggestNextLabel() {
   $("label-name").value = `label ${n}`;
   const palette = ["#ff4040", "#40c8ff", "#ffc800", "#78ff5a", "#ff5adc", "#00ffc8", "#ff8c28", "#a078ff"];
   $("label-colour").value = palette[(n - 1) % palette.length];
+}
+
+// ---------------------------------------------------------------------------------------------------
+// automatic proposals ("segment everything"): pick one, name it with Accept, or delete it
+
+function clearProposals() {
+  state.proposals = [];
+  state.selectedProposal = null;
+  $("proposals").innerHTML = "";
+  $("suggest-info").textContent = "";
+}
+
+function paintProposals() {
+  const s = state.session;
+  const c = state.proposalsCanvas;
+  const [, h, w] = s.shape;
+  c.width = w; c.height = h;
+  const ctx = c.getContext("2d");
+  const img = ctx.createImageData(w, h);
+  const px = new Uint32Array(img.data.buffer);
+  const edge = (255 << 24) | (0x30 << 16) | (0xd8 << 8) | 0xff;        // amber outline
+  const fill = (90 << 24) | (0xff << 16) | (0xd0 << 8) | 0x40;         // light blue fill for the selected one
+  for (const p of state.proposals) {
+    const m = p.maskArray;
+    const selected = p.id === state.selectedProposal;
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        const i = y * w + x;
+        if (!m[i]) continue;
+        const border = x === 0 || y === 0 || x === w - 1 || y === h - 1 || !m[i - 1] || !m[i + 1] || !m[i - w] || !m[i + w];
+        if (border) px[i] = edge; else if (selected) px[i] = fill;
+      }
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function renderProposalList() {
+  const ul = $("proposals");
+  ul.innerHTML = "";
+  for (const p of state.proposals) {
+    const li = document.createElement("li");
+    li.dataset.id = p.id;
+    if (p.id === state.selectedProposal) li.classList.add("selected");
+    const text = document.createElement("span");
+    text.textContent = `#${p.id}: ${p.area_px} px` + (p.iou !== null ? `, IoU ${p.iou.toFixed(2)}` : "");
+    text.onclick = () => selectProposal(p.id);
+    const del = document.createElement("button");
+    del.textContent = "\u00d7"; del.title = "delete this proposal";
+    del.onclick = () => deleteProposal(p.id);
+    li.append(text, del);
+    ul.appendChild(li);
+  }
+}
+
+function selectProposal(id) {
+  state.selectedProposal = state.selectedProposal === id ? null : id;
+  paintProposals(); renderProposalList(); render();
+  if (state.selectedProposal !== null) setStatus(`proposal #${id} selected: Enter names it with the label name, Delete drops it`, "proposal");
+}
+
+async function suggest() {
+  const s = state.session;
+  const z = state.z;
+  setStatus("finding proposals (this takes a while on a CPU)\u2026", "busy");
+  try {
+    const r = await api(`/api/sessions/${s.id}/slices/${z}/proposals`, { method: "POST", json: { mask_format: "rle", grid: 8, pred_iou_thresh: 0.7, stability_thresh: 0.8 } });
+    if (z !== state.z) return;
+    const n = s.shape[1] * s.shape[2];
+    state.proposals = r.proposals.map((p) => ({ ...p, maskArray: rleToMask(p.mask.counts, n) }));
+    state.selectedProposal = null;
+    paintProposals(); renderProposalList(); render();
+    $("suggest-info").textContent = `${r.proposals.length} proposals` + (r.computed ? ` in ${(r.latency_ms / 1000).toFixed(1)} s` : "");
+    setStatus(`${r.proposals.length} proposals: click one in the list, then Enter to name it`, "proposals", { count: r.proposals.length });
+  } catch (err) { fail(err); }
+}
+
+async function acceptProposal() {
+  const s = state.session;
+  const id = state.selectedProposal;
+  const name = $("label-name").value.trim() || "label";
+  const existing = s.label_list.find((l) => l.name === name);
+  try {
+    const r = await api(`/api/sessions/${s.id}/slices/${state.z}/proposals/${id}/accept`, {
+      method: "POST", json: { label: name, colour: existing ? null : $("label-colour").value },
+    });
+    state.proposals = state.proposals.filter((p) => p.id !== id);
+    state.selectedProposal = null;
+    paintProposals(); renderProposalList();
+    await refreshLabels();
+    setStatus(`accepted proposal #${id} as "${r.label.name}" (${r.area_px} px, saved)`, "accepted", { revision: r.revision });
+    suggestNextLabel();
+  } catch (err) { fail(err); }
+}
+
+async function deleteProposal(id) {
+  const s = state.session;
+  try {
+    await api(`/api/sessions/${s.id}/slices/${state.z}/proposals/${id}`, { method: "DELETE" });
+    state.proposals = state.proposals.filter((p) => p.id !== id);
+    if (state.selectedProposal === id) state.selectedProposal = null;
+    paintProposals(); renderProposalList(); render();
+  } catch (err) { fail(err); }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -626,11 +735,13 @@ function setupControls() {
   $("browse-button").onclick = () => browse(state.browserPath);
   $("browser-close").onclick = () => { $("browser").hidden = true; };
   $("browser-up").onclick = () => browse(state.browserPath.split("/").slice(0, -1).join("/"));
-  $("browser-list").ondblclick = () => {
+  const enterOrOpen = () => {
     const o = $("browser-list").selectedOptions[0];
     if (!o) return;
     if (o.dataset.dir === "true" && !/dicom|series|dcm/i.test(o.value)) browse(o.value); else openPath(o.value);
   };
+  $("browser-list").ondblclick = enterOrOpen;
+  $("browser-list").onkeydown = (ev) => { if (ev.key === "Enter") { ev.preventDefault(); enterOrOpen(); } };
   $("browser-open").onclick = () => { const o = $("browser-list").selectedOptions[0]; if (o) openPath(o.value); };
   $("slice").oninput = (ev) => showSlice(parseInt(ev.target.value, 10)).catch(fail);
   $("slice-prev").onclick = () => showSlice(state.z - 1).catch(fail);
@@ -651,6 +762,7 @@ function setupControls() {
     if (state.job) api(`/api/sessions/${state.session.id}/jobs/${state.job.id}`, { method: "DELETE" }).catch(fail);
   };
   $("export").onclick = exportLabels;
+  $("suggest").onclick = suggest;
   window.addEventListener("resize", () => { fitCanvas(); });
   document.addEventListener("keydown", (ev) => {
     const tag = (ev.target.tagName || "").toLowerCase();
@@ -665,6 +777,7 @@ function setupControls() {
     else if ((key === "Z" && ev.shiftKey) || key === "y") step("redo");
     else if (key === "Escape") clearDraft().catch(fail);
     else if (key === "v") { state.showLabels = !state.showLabels; render(); }
+    else if ((key === "Delete" || key === "Backspace") && state.selectedProposal !== null) deleteProposal(state.selectedProposal);
     else if (key === "ArrowUp" || key === "ArrowRight") { ev.preventDefault(); showSlice(state.z + 1).catch(fail); }
     else if (key === "ArrowDown" || key === "ArrowLeft") { ev.preventDefault(); showSlice(state.z - 1).catch(fail); }
   });
@@ -674,6 +787,7 @@ async function main() {
   state.token = tokenFromFragment();
   setupCanvas();
   setupControls();
+  try { $("suggest-row").hidden = !(await api("/api/health")).proposals; } catch (err) { fail(err); }
   await refreshSessions();
   const m = /session=([0-9a-f]+)/.exec(location.hash);
   if (m) {
