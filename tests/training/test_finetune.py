@@ -177,3 +177,23 @@ def test_settings_are_checked_before_anything_runs(disc_data, tmp_path):
     with pytest.raises(InputError, match="not among"):
         finetune(FinetuneConfig(data=str(disc_data), output_dir=str(tmp_path / "r"), model="tiny_lite",
                                 train_cases=("c00", "nope"), progress=False))
+
+
+def test_full_strategy_trains_encoder_and_decoder_not_prompt_encoder(disc_data, embedding_cache, tmp_path):
+    finetune(config(disc_data, tmp_path / "run", embedding_cache, strategy="full", epochs=1, flips="hv",
+                    intensity_prob=1.0, batch_size=3))
+    base = build_model("tiny_lite", device="cpu").state_dict()
+    trained = state_of(tmp_path / "run" / "last.pt")
+    changed = {k.split(".")[0] for k in base if not torch.equal(base[k], trained[k])}
+    assert changed == {"image_encoder", "mask_decoder"}
+    bn = [k for k in base if k.endswith("running_mean")]
+    assert bn and all(torch.equal(base[k], trained[k]) for k in bn), "BatchNorm statistics stay frozen"
+    assert not (tmp_path / "run" / "embeddings").exists(), "no embedding cache without the decoder strategy"
+
+
+def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused_there(disc_data, embedding_cache, tmp_path):
+    result = finetune(config(disc_data, tmp_path / "bf16", embedding_cache, epochs=1, amp="bf16"))
+    assert np.isfinite(result.history[-1]["train_loss"])
+    with pytest.raises(InputError, match="fp16 needs a CUDA device"):
+        finetune(config(disc_data, tmp_path / "fp16", embedding_cache, epochs=1, amp="fp16"))
+    assert not (tmp_path / "fp16").exists()

@@ -282,6 +282,7 @@ class _Run:
     def run(self) -> FinetuneResult:
         c, ctx = self.config, self.ctx
         state = self._check_folder()
+        amp = _resolve_amp(c.amp, ctx.device)
         train_cases, val_cases = self._split()
         self.train, report = load_samples(train_cases, max_slices_per_volume=c.max_slices_per_volume)
         self.val: list[Sample] = []
@@ -322,7 +323,6 @@ class _Run:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, total, warmup, c.min_lr_ratio)
         )
-        amp = _resolve_amp(c.amp, ctx.device)
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == "fp16")
         forward = _TrainForward(model)
         if ctx.distributed:
