@@ -28,7 +28,7 @@ def state_of(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_decoder_strategy_changes_only_decoder_weights(disc_data, embedding_cache, tmp_path):
-    result = finetune(config(disc_data, tmp_path / "run", embedding_cache, epochs=1))
+    result = finetune(config(disc_data, tmp_path / "run", embedding_cache, epochs=1, flips="h", intensity_variants=1))
     base = build_model("tiny_lite", device="cpu").state_dict()
     trained = state_of(tmp_path / "run" / "last.pt")
     assert set(trained) == set(base)
