@@ -312,7 +312,8 @@ class _RecordingSegmenter(AutomaticSegmenter):
         super().__init__(*a, **kw)
         self.seen: list[np.ndarray] = []
 
-    def _process_batch(self, points, crop, enc, fg, side, image_hw, counters):
+    def _process_batch(self, items, crop, enc, fg, side, image_hw, counters):
+        points = items[:, :2]
         self.seen.append(points.copy())
         counters.prompts += len(points)
         if len(self.seen) > 1:
@@ -336,6 +337,25 @@ def test_progressive_sampling_drops_points_inside_found_masks(tiny_lite):
 
     plain = _RecordingSegmenter(tiny_lite, grid=8, points_per_batch=4, skip_background=False, prompt_mode="points", progressive=False)
     assert plain.run(image).stats.prompts == 64
+
+
+class _RecordingBoxSegmenter(_RecordingSegmenter):
+    def _process_batch(self, items, crop, enc, fg, side, image_hw, counters):
+        self.items = getattr(self, "items", []) + [items.copy()]
+        return super()._process_batch(items, crop, enc, fg, side, image_hw, counters)
+
+
+def test_box_prompts_are_skipped_only_at_the_scale_of_the_found_mask(tiny_lite):
+    image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    # boxes of 32 and 8 pixels; the found left half (side ~45 px) is within 2x of 32, not of 8
+    seg = _RecordingBoxSegmenter(tiny_lite, grid=8, points_per_batch=4, skip_background=False, prompt_mode="boxes",
+                                 box_scales=(0.5, 0.125), refine=False)
+    result = seg.run(image)
+    first, later = seg.items[0], np.concatenate(seg.items[1:])
+    assert first[:, 2].tolist() == [0, 1, 0, 1]  # per point: the larger box first
+    left = later[:, 0] < 32
+    assert (later[left, 2] == 1).all() and left.any()  # small boxes still tried inside the found mask
+    assert result.stats.skipped_covered == sum(1 for p in grid_points((64, 64), 8)[2:] if p[0] < 32)
 
 
 def test_large_masks_do_not_cover_points(tiny_lite):
@@ -402,3 +422,60 @@ def test_lite_medsam_finds_organs_on_a_ct_slice(lite_medsam, shared_dir):
         best = max((inst.mask & gt).sum() / (inst.mask | gt).sum() for inst in result.instances)
         hits += best >= 0.5
     assert hits >= 2
+
+
+# --- the shared-embedding decoder -----------------------------------------------------------------------
+
+
+def _decoder_cases(model, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = model.image_size
+    boxes = torch.rand(n, 4, generator=g) * s / 2
+    boxes[:, 2:] += s / 3
+    pts = torch.rand(n, 2, 2, generator=g) * s
+    labels = torch.tensor([[1, 0]] * n)
+    return [
+        dict(boxes=boxes),
+        dict(boxes=boxes, multimask=True),
+        dict(points=pts[:, :1], point_labels=labels[:, :1], multimask=True),
+        dict(points=pts, point_labels=labels, boxes=boxes),
+    ]
+
+
+@pytest.mark.parametrize("name", ["tiny_lite", "tiny_sam"])
+def test_shared_decoder_matches_the_model(name, request):
+    from medsam.inference.amg.shared_decoder import SharedEmbeddingDecoder
+
+    model = request.getfixturevalue(name)
+    c = model.prompt_encoder.embed_dim
+    emb = torch.randn(1, c, *model.prompt_encoder.image_embedding_size, generator=torch.Generator().manual_seed(1))
+    dec = SharedEmbeddingDecoder(model)
+    with torch.inference_mode():
+        for kw in _decoder_cases(model):
+            ref_logits, ref_iou = model.decode(emb, **kw)
+            logits, iou = dec(emb, **kw)
+            assert logits.shape == ref_logits.shape and iou.shape == ref_iou.shape
+            torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-4)
+        # a second image replaces the cached per-image part
+        emb2 = emb.flip(-1).contiguous()
+        torch.testing.assert_close(dec(emb2, boxes=_decoder_cases(model)[0]["boxes"])[0],
+                                   model.decode(emb2, boxes=_decoder_cases(model)[0]["boxes"])[0], atol=1e-5, rtol=1e-4)
+        # mask prompts go to the model's own path
+        masks = torch.randn(2, 1, *model.low_res_size)
+        b = _decoder_cases(model, n=2)[0]["boxes"]
+        torch.testing.assert_close(dec(emb, boxes=b, mask_input=masks)[0], model.decode(emb, boxes=b, mask_input=masks)[0])
+
+
+@pytest.mark.slow
+def test_shared_decoder_matches_lite_medsam(lite_medsam):
+    from medsam.inference.amg.shared_decoder import SharedEmbeddingDecoder
+
+    emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(2))
+    dec = SharedEmbeddingDecoder(lite_medsam)
+    with torch.inference_mode():
+        for kw in _decoder_cases(lite_medsam, n=4)[:3]:
+            ref_logits, ref_iou = lite_medsam.decode(emb, **kw)
+            logits, iou = dec(emb, **kw)
+            assert float((logits - ref_logits).abs().max()) < 1e-3
+            assert float((iou - ref_iou).abs().max()) < 1e-4

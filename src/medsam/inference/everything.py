@@ -14,8 +14,10 @@ The algorithm is SAM's automatic mask generation, adapted to medical images and 
 2. Prompts sit on an n x n grid (``grid``), visited coarse to fine. Points on background (outside the body
    or the field of view, see :mod:`medsam.inference.amg.foreground`) are skipped.
 3. Prompts go to the decoder ``points_per_batch`` at a time. With ``progressive``, before each batch the
-   points that fall inside a mask already accepted (one covering at most ``cover_max_frac`` of the
-   foreground, so a whole-body mask does not hide the organs in it) are dropped.
+   prompts whose point falls inside a mask already accepted are dropped: for point prompts, inside any
+   mask covering at most ``cover_max_frac`` of the foreground (so a whole-body mask does not hide the
+   organs in it); for box prompts, inside a mask of about the box's size (within ``cover_scale_ratio``),
+   so a point in a found organ is still tried with much smaller boxes (its parts) and larger ones.
 4. The prompt depends on the model (``prompt_mode``). SAM models get one positive point and return three
    masks (whole, part, sub-part). LiteMedSAM and MedSAM were trained with boxes only and return noise
    for a lone point, so each grid point gets square boxes of the sides in ``box_scales`` (fractions of
@@ -29,6 +31,10 @@ The algorithm is SAM's automatic mask generation, adapted to medical images and 
    within each crop by predicted IoU, then across crops preferring the smaller crop.
 7. Holes and islands smaller than ``min_area_px`` are removed, masks smaller than it dropped, and
    suppression runs once more preferring masks that needed no cleaning.
+
+The decoder runs through :class:`medsam.inference.amg.shared_decoder.SharedEmbeddingDecoder` (exact; it
+does the per-image part of the decoder once instead of once per prompt); ``shared_decoder=False`` uses the
+predictor's own decoder instead (e.g. an execution engine's).
 
 Coordinates: points (x, y), boxes (x0, y0, x1, y1) with x1/y1 inclusive, in pixels of the image given.
 """
@@ -49,6 +55,7 @@ from medsam.inference.amg.grid import CropBox, anchor_boxes, crop_boxes, grid_po
 from medsam.inference.amg.nms import nms_boxes, nms_masks
 from medsam.inference.amg.patch import MaskPatch
 from medsam.inference.amg.rle import Rle, encode_rle
+from medsam.inference.amg.shared_decoder import SharedEmbeddingDecoder
 from medsam.inference.predictor import ImageEncoding, Predictor, upscale_logits
 from medsam.preprocess.geometry import check_image_shape
 from medsam.preprocess.intensity import to_display_range
@@ -219,13 +226,16 @@ class AutomaticSegmenter:
         max_background_frac: float = 0.5,
         progressive: bool = True,
         cover_max_frac: float = 0.25,
+        cover_scale_ratio: float = 2.0,
         prompt_mode: PromptMode = "auto",
         box_scales: Sequence[float] = (0.08, 0.16, 0.32),
         refine: bool = True,
         refine_margin: float = 0.05,
         encode_batch: int = 4,
+        shared_decoder: bool = True,
     ) -> None:
         self.predictor = model_or_predictor if isinstance(model_or_predictor, Predictor) else Predictor(model_or_predictor)
+        self.shared_decoder = SharedEmbeddingDecoder(self.predictor.model) if shared_decoder else None
         _check_int("grid", grid, 1, MAX_GRID, hint="16 is typical; 32 finds smaller structures")
         _check_int("points_per_batch", points_per_batch, 1, 4096, hint="64 is typical")
         _check_int("crop_layers", crop_layers, 0, 3, hint="0 (no crops) or 1 (4 tiles) are typical")
@@ -273,6 +283,9 @@ class AutomaticSegmenter:
         self.max_background_frac = float(max_background_frac)
         self.progressive = bool(progressive)
         self.cover_max_frac = float(cover_max_frac)
+        if not cover_scale_ratio >= 1:
+            raise InputError(f"cover_scale_ratio {cover_scale_ratio}: must be 1 or more (2 is typical)")
+        self.cover_scale_ratio = float(cover_scale_ratio)
         self.box_scales = scales
         self.refine = bool(refine)
         self.refine_margin = float(refine_margin)
@@ -366,32 +379,55 @@ class AutomaticSegmenter:
             points = points[on_fg]
         side = self._foreground_side(fg, crop)
         fg_area = max(1, int(fg.mask[crop.y0 : crop.y1, crop.x0 : crop.x1].sum()))
-        covered = np.zeros(image_hw, dtype=bool)
+        # The queue holds (x, y, scale index): one item per point for point prompts (index -1), one per
+        # point and box size for box prompts, the larger box first.
+        if self.prompt_mode == "points":
+            items = np.concatenate([points, np.full((len(points), 1), -1.0)], axis=1)
+        else:
+            order = np.argsort([-s for s in self.box_scales], kind="stable")
+            items = np.concatenate(
+                [np.concatenate([p[None].repeat(len(order), 0), order[:, None].astype(np.float64)], axis=1) for p in points]
+            ) if len(points) else np.zeros((0, 3))
+        n_maps = 1 if self.prompt_mode == "points" else len(self.box_scales)
+        covered = np.zeros((n_maps,) + tuple(image_hw), dtype=bool)
+        box_sides = np.array([s * side for s in self.box_scales])
         candidates: list[_Candidate] = []
-        pending = points
+        pending = items
         while len(pending):
             if self.progressive and candidates:
-                hit = covered[np.rint(pending[:, 1]).astype(int), np.rint(pending[:, 0]).astype(int)]
+                ix = np.rint(pending[:, 0]).astype(int)
+                iy = np.rint(pending[:, 1]).astype(int)
+                which = np.maximum(pending[:, 2], 0).astype(int)
+                hit = covered[which, iy, ix]
                 counters.skipped_covered += int(hit.sum())
                 pending = pending[~hit]
                 if not len(pending):
                     break
-            per_point = 1 if self.prompt_mode == "points" else len(self.box_scales)
-            take = max(1, self.points_per_batch // per_point)
-            batch, pending = pending[:take], pending[take:]
+            batch, pending = pending[: self.points_per_batch], pending[self.points_per_batch :]
             found = self._process_batch(batch, crop, enc, fg, side, image_hw, counters)
             candidates.extend(found)
             if self.progressive:
                 for c in found:
-                    if c.patch.area <= self.cover_max_frac * fg_area:
+                    for k in self._covered_maps(c.patch.area, fg_area, box_sides):
                         x0, y0, x1, y1 = c.patch.box
-                        covered[y0 : y1 + 1, x0 : x1 + 1] |= c.patch.pixels
+                        covered[k, y0 : y1 + 1, x0 : x1 + 1] |= c.patch.pixels
         t0 = time.perf_counter()
         if candidates:
             keep = self._nms(candidates, np.array([c.predicted_iou for c in candidates]), self.nms_iou)
             candidates = [candidates[i] for i in keep]
         counters.post_s += time.perf_counter() - t0
         return candidates
+
+    def _covered_maps(self, area: int, fg_area: int, box_sides: np.ndarray) -> list[int]:
+        """Which coverage maps a found mask marks. Point prompts: one map, for masks up to cover_max_frac of
+        the foreground. Box prompts: the maps of the box sizes within cover_scale_ratio of the mask's size
+        (the side of a square of its area), so a point inside a found organ is still prompted with boxes
+        much smaller (its parts) or much larger (what contains it)."""
+        if self.prompt_mode == "points":
+            return [0] if area <= self.cover_max_frac * fg_area else []
+        size = np.sqrt(area)
+        r = self.cover_scale_ratio
+        return [k for k, b in enumerate(box_sides) if b / r <= size <= b * r]
 
     def _foreground_side(self, fg: ForegroundMask, crop: CropBox) -> float:
         """The longer side of the foreground's bounding box inside the crop (box prompts scale with it)."""
@@ -404,7 +440,7 @@ class AutomaticSegmenter:
 
     def _process_batch(
         self,
-        points: np.ndarray,
+        items: np.ndarray,
         crop: CropBox,
         enc: ImageEncoding,
         fg: ForegroundMask,
@@ -412,27 +448,26 @@ class AutomaticSegmenter:
         image_hw: tuple[int, int],
         counters: _Counters,
     ) -> list[_Candidate]:
+        """Decode a batch of queue items (x, y, scale index) and keep the masks that pass the filters."""
+        points = items[:, :2]
         local = points - np.array([crop.x0, crop.y0], dtype=np.float64)
         if self.prompt_mode == "points":
             logits, iou = self._decode(enc, points=local, counters=counters)
             m = logits.shape[1]
             prompt_boxes = None
         else:
-            boxes = np.concatenate([anchor_boxes(local, s * side, crop.hw) for s in self.box_scales])
+            sides = np.array(self.box_scales)[items[:, 2].astype(int)] * side
+            boxes = anchor_boxes(local, sides, crop.hw)
             logits, iou = self._decode(enc, boxes=boxes, counters=counters)
             m = 1
             prompt_boxes = boxes
             if self.refine:
                 logits, iou, prompt_boxes = self._refine(enc, logits, iou, boxes, crop, counters)
         t0 = time.perf_counter()
-        # rows of (logits, iou): prompt-major, then mask index; boxes were stacked scale-major
+        # rows: prompt-major, then mask index
         logits = logits.reshape(-1, *logits.shape[-2:])
         iou = iou.reshape(-1)
-        n_prompts = len(logits) // m
-        if self.prompt_mode == "points":
-            row_points = points[np.repeat(np.arange(n_prompts), m)]
-        else:
-            row_points = np.tile(points, (len(self.box_scales), 1))
+        row_points = np.repeat(points, m, axis=0)
         iou_np = iou.float().cpu().numpy()
         keep = np.flatnonzero(iou_np > self.pred_iou_thresh) if self.pred_iou_thresh > 0 else np.arange(len(iou_np))
         out: list[_Candidate] = []
@@ -470,22 +505,34 @@ class AutomaticSegmenter:
     def _decode(
         self, enc: ImageEncoding, *, counters: _Counters, points: np.ndarray | None = None, boxes: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in crop pixels -> low-res logits (P, M, h, w) and predicted IoU (P, M), in decoder calls of
+        at most points_per_batch prompts."""
         t0 = time.perf_counter()
         device = self.predictor.device
         t = enc.transform
         if points is not None:
             pts = torch.as_tensor(t.points_to_input(points), dtype=torch.float32, device=device)[:, None, :]
             labels = torch.ones(pts.shape[:2], dtype=torch.int64, device=device)
-            logits, iou = self.predictor.predict_torch(enc.embedding, points=pts, point_labels=labels, multimask=True)
-            n = len(points)
+            prompts = dict(points=pts, point_labels=labels)
+            n, multimask = len(points), True
         else:
-            bx = torch.as_tensor(t.boxes_to_input(boxes), dtype=torch.float32, device=device)
-            logits, iou = self.predictor.predict_torch(enc.embedding, boxes=bx, multimask=False)
-            n = len(boxes)
+            prompts = dict(boxes=torch.as_tensor(t.boxes_to_input(boxes), dtype=torch.float32, device=device))
+            n, multimask = len(boxes), False
+        step = self.points_per_batch
+        outs, ious = [], []
+        with torch.inference_mode():
+            for s in range(0, n, step):
+                part = {k: v[s : s + step] for k, v in prompts.items()}
+                if self.shared_decoder is not None:
+                    logits, iou = self.shared_decoder(enc.embedding, multimask=multimask, **part)
+                else:
+                    logits, iou = self.predictor.predict_torch(enc.embedding, multimask=multimask, **part)
+                outs.append(logits)
+                ious.append(iou)
+                counters.decoder_calls += 1
         counters.prompts += n
-        counters.decoder_calls += -(-n // _decode_chunk())
         counters.decode_s += time.perf_counter() - t0
-        return logits, iou
+        return torch.cat(outs), torch.cat(ious)
 
     def _refine(
         self, enc: ImageEncoding, logits: torch.Tensor, iou: torch.Tensor, boxes: np.ndarray, crop: CropBox, counters: _Counters
@@ -584,12 +631,6 @@ def lowres_boxes(logits: torch.Tensor, transform: Any, config: Any) -> np.ndarra
     out = np.clip(out, 0, [w - 1, h - 1, w - 1, h - 1])
     out[empty] = (0, 0, -1, -1)
     return out
-
-
-def _decode_chunk() -> int:
-    from medsam.inference.predictor import DECODE_CHUNK
-
-    return DECODE_CHUNK
 
 
 def _display_uint8(image: np.ndarray, *, source: str) -> np.ndarray:

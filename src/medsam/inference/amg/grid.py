@@ -104,10 +104,11 @@ def _spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
     return [(s, s + size) for s in starts]
 
 
-def anchor_boxes(points: np.ndarray, side_px: float, image_hw: tuple[int, int]) -> np.ndarray:
-    """(K, 2) centres -> (K, 4) square boxes of side ``side_px`` clipped to the image (x1/y1 inclusive)."""
+def anchor_boxes(points: np.ndarray, side_px: float | np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """(K, 2) centres -> (K, 4) square boxes of side ``side_px`` (one number, or one per centre) clipped to
+    the image (x1/y1 inclusive)."""
     h, w = image_hw
-    half = side_px / 2.0
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    half = np.broadcast_to(np.asarray(side_px, dtype=np.float64) / 2.0, (len(pts),))[:, None]
     boxes = np.concatenate([pts - half, pts + half], axis=1)
     return np.clip(boxes, 0, [w - 1, h - 1, w - 1, h - 1])
