@@ -60,7 +60,6 @@ def test_options_validate_and_resolve(monkeypatch):
         ExecutionOptions(threads=0)
     assert ExecutionOptions.exact().is_exact
     monkeypatch.setattr(options_module, "engine_installed", lambda name: name == "onnxruntime")
-    monkeypatch.setattr(options_module, "cpu_has_native_bf16", lambda: False)
     resolved = ExecutionOptions().resolve("cpu")
     assert (resolved.backend, resolved.precision) == ("onnxruntime", "fp32") and resolved.threads >= 1
     assert ExecutionOptions().resolve("cuda:0").backend == "torch"

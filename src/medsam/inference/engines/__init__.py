@@ -5,9 +5,10 @@
     predictor = make_predictor(model, ExecutionOptions("fp32", "torch"))         # exact (golden) path
     predictor = make_predictor(model, ExecutionOptions("bf16", "openvino", threads=2))
 
-The default (``ExecutionOptions()``, "auto") is OpenVINO when installed (else onnxruntime, else PyTorch) at
-bf16 where the CPU computes bf16 natively (else fp32); see ``options.py``. ``--precision fp32 --backend
-torch`` is the exact path: the model's own eager ``encode``/``decode``, which the golden tests check.
+The default (``ExecutionOptions()``, "auto") is OpenVINO fp32 when installed (else onnxruntime, else PyTorch):
+the same masks as the exact path, faster. bf16 is faster still but can move ambiguous masks; see
+``options.py``. ``--precision fp32 --backend torch`` is the exact path: the model's own eager
+``encode``/``decode``, which the golden tests check.
 
 Exported graphs are kept in the model cache (``model_cache.py``: ``$MEDSAM_CACHE_DIR`` or ``~/.cache/medsam``),
 stamped with what they were built from and rebuilt when stale. An engine that is not installed or cannot
