@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=512.0, help="largest upload in MiB (default 512)")
     parser.add_argument("--cache-mb", type=float, default=512.0, help="embedding cache size in MiB (default 512)")
     parser.add_argument("--prefetch", type=int, default=2, help="neighbour slices encoded ahead on each side (0 = off; default 2)")
+    parser.add_argument("--prefetch-idle", type=float, default=1.5, help="seconds without requests before encoding ahead (default 1.5)")
     parser.add_argument("--decode-threads", type=int, default=1, help="torch threads for prompts (default 1: robust on shared cores)")
     parser.add_argument("--encode-threads", type=int, default=None, help="torch threads for encoding and propagation (default: all cores)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         cache_mb=args.cache_mb,
         prefetch_slices=args.prefetch,
+        prefetch_idle_s=args.prefetch_idle,
         decode_threads=args.decode_threads,
         encode_threads=args.encode_threads,
         **kwargs,
@@ -76,5 +78,12 @@ def run(args: argparse.Namespace) -> int:
     fragment = "#token=<your token>" if settings.token else ""
     print(f"medsam serve: model {settings.model}, sessions in {settings.sessions_dir}", flush=True)
     print(f"medsam serve: open http://{shown}:{settings.port}/{fragment}  (API docs: /docs)", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=args.log_level == "debug")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=args.log_level == "debug",
+        timeout_graceful_shutdown=5,  # a long request (proposals) must not hold Ctrl+C; saved work is already on disk
+    )
     return 0

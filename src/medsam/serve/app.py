@@ -189,7 +189,14 @@ def session_info(state: ServerState, session: Session, stack: ImageStack) -> S.S
 
 
 def mask_response(
-    session: Session, z: int, object_id: int, fmt: str, started: float, encode_ms: float = 0.0, decode_ms: float = 0.0
+    session: Session,
+    z: int,
+    object_id: int,
+    fmt: str,
+    started: float,
+    encode_ms: float = 0.0,
+    decode_ms: float = 0.0,
+    wait_ms: float = 0.0,
 ) -> S.MaskResponse:
     hist = session.drafts.get(z, object_id)
     step = hist.current if hist is not None else None
@@ -225,6 +232,7 @@ def mask_response(
         latency_ms=(time.perf_counter() - started) * 1000.0,
         encode_ms=encode_ms,
         decode_ms=decode_ms,
+        wait_ms=wait_ms,
         mask=None if payload is None else S.MaskPayload(**payload),
     )
 
@@ -429,6 +437,7 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         window: str = Query("auto", description="auto, a CT preset (soft_tissue, lung, bone, brain, liver, mediastinum), 'W,L' or percentile"),
         prefetch: bool = Query(True, description="encode this slice and its neighbours in the background"),
     ) -> Response:
+        engine.touch()
         session, stack = state.session(sid)
         stack.check_z(z)
         png = image_png_bytes(stack.display(z, window))
@@ -438,6 +447,7 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
 
     @app.post("/api/sessions/{sid}/slices/{z}/encode", response_model=S.EncodeResponse, tags=["slices"])
     def encode(sid: str, z: int) -> S.EncodeResponse:
+        engine.touch()
         session, stack = state.session(sid)
         stack.check_z(z)
         cached = engine.is_encoded(stack, z)
@@ -463,15 +473,16 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
 
     def _decode_step(
         session: Session, stack: ImageStack, z: int, object_id: int, box, points, labels, use_mask: bool, multimask: bool
-    ) -> tuple[float, float]:
-        """Encode if needed (outside the session lock), then decode under it and push the step."""
+    ) -> tuple[float, float, float]:
+        """Encode if needed (outside the session lock), then decode under it and push the step.
+        Returns encode, decode and model-wait milliseconds."""
         enc, encode_ms = engine.encoding(stack, z)
         with session.lock:
             hist = session.drafts.get(z, object_id, create=True)
             mask_input = hist.current.logits if use_mask and hist.current is not None else None
             decoded = engine.decode(enc, box=box, points=points, point_labels=labels, mask_input=mask_input, multimask=multimask)
             hist.push(PromptStep.make(box, points, labels, mask_input is not None, decoded.logits, decoded.iou, decoded.mask))
-        return encode_ms, decoded.decode_ms
+        return encode_ms, decoded.decode_ms, decoded.wait_ms
 
     @app.post("/api/sessions/{sid}/slices/{z}/prompts", response_model=S.MaskResponse, tags=["prompts"])
     def prompts(sid: str, z: int, req: S.PromptRequest) -> S.MaskResponse:
@@ -491,9 +502,9 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
             Points(points, labels).validate(stack.hw, source="points")
         if box is None and len(points) == 0:
             raise PromptError("no prompt: give a box [x0, y0, x1, y1] and/or points with point_labels")
-        encode_ms, decode_ms = _decode_step(session, stack, z, req.object_id, box, points, labels, False, req.multimask)
+        timings = _decode_step(session, stack, z, req.object_id, box, points, labels, False, req.multimask)
         with session.lock:
-            return mask_response(session, z, req.object_id, req.mask_format, started, encode_ms, decode_ms)
+            return mask_response(session, z, req.object_id, req.mask_format, started, *timings)
 
     @app.post("/api/sessions/{sid}/slices/{z}/refine", response_model=S.MaskResponse, tags=["prompts"])
     def refine(sid: str, z: int, req: S.RefineRequest) -> S.MaskResponse:
@@ -511,9 +522,9 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
             box = None if current is None or current.box is None else np.asarray(current.box)
             points = new_points if current is None else np.concatenate([current.points, new_points])
             labels = new_labels if current is None else np.concatenate([current.point_labels, new_labels])
-        encode_ms, decode_ms = _decode_step(session, stack, z, req.object_id, box, points, labels, True, False)
+        timings = _decode_step(session, stack, z, req.object_id, box, points, labels, True, False)
         with session.lock:
-            return mask_response(session, z, req.object_id, req.mask_format, started, encode_ms, decode_ms)
+            return mask_response(session, z, req.object_id, req.mask_format, started, *timings)
 
     def _step(sid: str, z: int, req: S.StepRequest, forward: bool) -> S.MaskResponse:
         started = time.perf_counter()

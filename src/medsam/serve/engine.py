@@ -80,6 +80,7 @@ class Decoded:
     logits: np.ndarray
     iou: float
     decode_ms: float
+    wait_ms: float = 0.0
 
 
 class ModelEngine:
@@ -90,7 +91,7 @@ class ModelEngine:
         model: torch.nn.Module,
         *,
         cache_mb: float = 512,
-        prefetch_idle_s: float = 0.3,
+        prefetch_idle_s: float = 1.5,
         decode_threads: int | None = 1,
         encode_threads: int | None = None,
     ) -> None:
@@ -142,6 +143,7 @@ class ModelEngine:
         self.touch()
         start = time.perf_counter()
         with self.lock.hold(INTERACTIVE), threads(self.decode_threads):
+            got_lock = time.perf_counter()
             self.predictor.set_encoding(enc)
             pred = self.predictor.predict(
                 boxes=None if box is None else np.asarray(box, dtype=np.float64)[None],
@@ -152,7 +154,10 @@ class ModelEngine:
             )
         if multimask:
             pred = pred.best()
-        return Decoded(pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]), (time.perf_counter() - start) * 1000.0)
+        done = time.perf_counter()
+        return Decoded(
+            pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]), (done - got_lock) * 1000.0, (got_lock - start) * 1000.0
+        )
 
     def warm_up(self) -> float:
         """One decode of each prompt kind on a blank embedding, so the first person's prompt does not pay

@@ -189,7 +189,8 @@ class MaskResponse(BaseModel):
     prompt: PromptEcho | None
     latency_ms: float = Field(description="server time for this request")
     encode_ms: float = Field(description="time spent encoding the slice in this request (0 when it was cached)")
-    decode_ms: float
+    decode_ms: float = Field(description="the decoder call and mask post-processing")
+    wait_ms: float = Field(0.0, description="time waiting for the model (another request or a background encode held it)")
     mask: MaskPayload | None
 
 

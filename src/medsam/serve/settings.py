@@ -37,7 +37,8 @@ class ServeSettings:
     max_upload_mb: the largest request body (uploads included) in MiB; larger ones get 413.
     cache_mb: bound of the embedding cache (LiteMedSAM: 4 MiB per slice).
     prefetch_slices: neighbours on each side of the viewed slice encoded ahead in the background (0 = off).
-    prefetch_idle_s: the background encoder waits until no prompt came for this long.
+    prefetch_idle_s: the background encoder starts a slice only when the person has sent nothing for this long
+        (an encode cannot be interrupted: a prompt that arrives during one waits for it, see wait_ms).
     history_limit: prompt steps kept per slice and object for undo/redo.
     max_drafts: drafts (slice, object prompt histories) kept per session; the oldest are dropped.
     allowed_hosts: Host header values accepted (guards a loopback server against DNS rebinding); None = the
@@ -59,7 +60,7 @@ class ServeSettings:
     max_upload_mb: float = 512.0
     cache_mb: float = 512.0
     prefetch_slices: int = 2
-    prefetch_idle_s: float = 0.3
+    prefetch_idle_s: float = 1.5
     history_limit: int = 32
     max_drafts: int = 128
     allowed_hosts: tuple[str, ...] | None = None

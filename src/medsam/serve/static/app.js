@@ -329,7 +329,8 @@ async function sendPrompt(path, body, t0) {
     requestAnimationFrame(() => {
       const total = performance.now() - t0;
       const el = $("latency");
-      el.textContent = `${Math.round(total)} ms to screen (server ${Math.round(r.latency_ms)} ms, decode ${Math.round(r.decode_ms)} ms${r.encode_ms ? ", encode " + Math.round(r.encode_ms) + " ms" : ""})`;
+      el.textContent = `${Math.round(total)} ms to screen (server ${Math.round(r.latency_ms)} ms, decode ${Math.round(r.decode_ms)} ms` +
+        (r.encode_ms ? `, encode ${Math.round(r.encode_ms)} ms` : "") + (r.wait_ms > 20 ? `, waited ${Math.round(r.wait_ms)} ms for the model` : "") + ")";
       el.dataset.totalMs = total.toFixed(1);
       el.dataset.serverMs = r.latency_ms.toFixed(1);
       setStatus(r.has_mask ? `mask: ${r.area_px} px` : "no mask", r.has_mask ? "mask" : "ready", { area: r.area_px, step: r.step });
