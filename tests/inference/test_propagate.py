@@ -57,7 +57,8 @@ def z_range(mask: np.ndarray) -> tuple[int, int]:
 def test_default_mode_follows_the_object_and_stops_where_it_ends(oracle):
     model, predictor = oracle
     volume, truth = spheres([(12, 48, 40)])
-    config = PropagationConfig(min_area_fraction=0.0, batch_size=1)
+    # the one-voxel tips are kept when the area and intensity rules are off: only the empty mask ends it
+    config = PropagationConfig(min_area_fraction=0.0, max_intensity_shift=None, batch_size=1)
     result = segment_stack(predictor, volume, [ObjectPrompt(z=12, box=box_of(truth, 1, 12))], config, progress=False)
     assert z_range(result.labels) == z_range(truth) == (5, 19)
     dice = 2 * np.sum((result.labels > 0) & (truth > 0)) / (np.sum(result.labels > 0) + np.sum(truth > 0))
@@ -73,10 +74,25 @@ def test_area_rule_stops_before_the_tip(oracle):
     _, predictor = oracle
     volume, truth = spheres([(12, 48, 40)])
     result = segment_stack(predictor, volume, [ObjectPrompt(z=12, box=box_of(truth, 1, 12))],
-                           PropagationConfig(min_area_fraction=0.2), progress=False)
+                           PropagationConfig(min_area_fraction=0.2, max_intensity_shift=None), progress=False)
     lo, hi = z_range(result.labels)
     assert 5 < lo and hi < 19
     assert all("area" in e.reason for e in result.objects[0].ends)
+
+
+def test_intensity_rule_stops_where_the_object_meets_other_tissue(oracle):
+    _, predictor = oracle
+    volume, truth = spheres([(12, 48, 40)])
+    z, y, x = np.indices(volume.shape)
+    volume[(z > 12) & ((y - 48) ** 2 + (x - 40) ** 2 <= 25) & (truth == 0)] = 120  # a dimmer tube out of the ball
+    result = segment_stack(predictor, volume, [ObjectPrompt(z=12, box=box_of(truth, 1, 12))],
+                           PropagationConfig(min_area_fraction=0.0), progress=False)
+    lo, hi = z_range(result.labels)
+    up = next(e for e in result.objects[0].ends if e.direction > 0)
+    assert "intensity moved" in up.reason and hi < 19
+    nothing_stops = segment_stack(predictor, volume, [ObjectPrompt(z=12, box=box_of(truth, 1, 12))],
+                                  PropagationConfig(stop_rule=False), progress=False)
+    assert z_range(nothing_stops.labels)[1] == volume.shape[0] - 1  # the tube runs to the last slice
 
 
 def test_generator_order_up_then_down_and_z_limits(oracle):

@@ -21,13 +21,19 @@ padded, and its bounding box grown by 3 px and clipped to 0..256. When that resi
 original box is used again: floored to integers going up, unfloored (``box * 256 / max(H, W)``) going down,
 as the official code does. Objects are independent; a later object overwrites an earlier one.
 
-``default`` (better on the dev set, see benchmarks/volume_accuracy.py): the same sweep, but each object stops
-where it ends instead of needing z limits: a slice is rejected, and the object's propagation in that
-direction ends, when its mask is empty, smaller than ``min_area_fraction`` of the key slice's mask, or the
-predicted IoU is below ``min_iou``. z limits (a ``Box3D`` or ``ObjectPrompt.z_limits``) still bound it, and a
-``Box3D``'s in-plane extent bounds every slice's box and mask (``clip_to_box``). Options: feed the previous
-slice's low-res logits as a mask prompt (``mask_prompt``), keep the largest 3D connected component
-(``largest_component``).
+``default`` (not worse on the dev set, see benchmarks/volume_accuracy.py): the same sweep, and
+- where a direction has no z limit, the object stops where it ends instead of running to the volume's end: a
+  slice is rejected (and the object ends there) when its mask is empty, jumps (too little of it overlaps the
+  previous slice's mask, ``min_overlap``), lies on other tissue (mean intensity more than
+  ``max_intensity_shift`` SD from the key slice's object), is tiny (``min_area_fraction``) or has a predicted
+  IoU under ``min_iou``. Given z limits (a ``Box3D``, ``ObjectPrompt.z_limits``) are trusted instead
+  (``trust_limits``);
+- a ``Box3D``'s in-plane extent bounds every slice's mask (``clip_to_box``), so the boxes taken from the masks
+  never grow past it;
+- the next box comes from the previous mask at full resolution (bounding box mapped to the input frame and
+  grown by ``box_margin_px``), not from a 256-pixel copy of it.
+Options: feed the previous slice's low-res logits as a mask prompt (``mask_prompt``), keep the largest 3D
+connected component (``largest_component``).
 
 Several objects go in one pass: each slice is encoded once, and all objects active on it are decoded
 against that one embedding in one batched decoder call. Slices are encoded ``batch_size`` at a time in the
@@ -53,6 +59,7 @@ from medsam.types import Box, Box3D, Points
 
 Mode = Literal["default", "reference"]
 REFERENCE_BOX_SHIFT_PX = 3  # the official get_bbox256's bbox_shift, in 256-input pixels
+MIN_INTENSITY_SD = 8.0  # floor of the key slice's object SD (grey levels of 0..255) in the intensity rule
 
 
 @dataclass(frozen=True)
@@ -81,28 +88,45 @@ class ObjectPrompt:
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    """How propagation runs. ``reference`` ignores every option below ``batch_size``.
+    """How propagation runs. ``reference`` ignores every option but ``batch_size`` and ``require_key_mask``.
 
-    min_iou: reject a slice whose predicted IoU is below this (the object has ended).
-    min_area_fraction: reject a slice whose mask is smaller than this fraction of the key slice's mask.
+    Stopping rule (default mode, only towards an end without an explicit z limit: inside given z limits the
+    object is taken to be present, and only an empty mask ends it). A slice is rejected, and the object ends
+    there, when any of these holds:
+    min_iou: the model's predicted IoU is below this. LiteMedSAM keeps predicting 0.6-0.8 beyond a lesion's
+        end, so this is only a floor; the two rules below carry the decision.
+    min_overlap: the share of the smaller of this and the previous slice's mask that lies in both is below
+        this (an object is continuous in z; past its end the mask jumps elsewhere). Shrinking towards a tip
+        keeps it near 1, unlike an IoU.
+    max_intensity_shift: the mean intensity under the mask moved more than this many standard deviations
+        (of the key slice's object, at least 8 grey levels) from the key slice's object mean (past the end it
+        lies on other tissue); None turns it off.
+    min_area_fraction: the mask is smaller than this fraction of the key slice's mask.
+    stop_rule: False turns the whole rule off (only z limits and empty masks end an object).
+    trust_limits: inside given z limits the rule is off (a 3D box says where the object is); False applies it
+        there too.
+
     box_margin_px: growth of the box taken from the previous mask, in model-input pixels (3 = official).
-    mask_prompt: also give the previous slice's low-res logits as a mask prompt.
-    clip_to_box: keep boxes and masks inside the prompt's in-plane extent (a 3D box's x/y range).
+    mask_prompt: also give the previous slice's low-res logits as a mask prompt (measured: no gain with
+        LiteMedSAM, see benchmarks/volume_accuracy.py).
+    clip_to_box: keep masks inside the prompt's in-plane extent (a 3D box's x/y range).
     largest_component: keep each object's largest 3D connected component (``segment_stack`` only).
-    stop_rule: apply the IoU/area rule (off: only z limits and empty masks end an object).
     require_key_mask: an empty mask on a key slice is a PromptError (off: the reference mode then goes on
         with the original box as the official code does; the default mode drops the object).
     """
 
     mode: Mode = "default"
     batch_size: int = 4
-    min_iou: float = 0.6
+    min_iou: float = 0.4
+    min_overlap: float = 0.5
+    max_intensity_shift: float | None = 2.0
     min_area_fraction: float = 0.05
+    stop_rule: bool = True
+    trust_limits: bool = True
     box_margin_px: int = 3
     mask_prompt: bool = False
     clip_to_box: bool = True
     largest_component: bool = False
-    stop_rule: bool = True
     require_key_mask: bool = True
 
     def __post_init__(self) -> None:
@@ -146,9 +170,10 @@ class _Track:
     lo: int
     hi: int
     key_box_in: np.ndarray | None = None
-    extent_in: np.ndarray | None = None
     extent_mask: np.ndarray | None = None
     key_area: int = 0
+    key_mean: float = 0.0
+    key_std: float = 1.0
     key_mask: np.ndarray | None = None
     key_logits: torch.Tensor | None = None
     prev_mask: np.ndarray | None = None
@@ -229,7 +254,6 @@ class Propagator:
             if p.box is not None:
                 track.key_box_in = t.boxes_to_input(p.box.as_array()[None])[0]
             if p.extent is not None and self.config.clip_to_box and self.config.mode == "default":
-                track.extent_in = t.boxes_to_input(p.extent.as_array()[None])[0]
                 h, w = self.image_hw
                 e = p.extent
                 mask = np.zeros((h, w), dtype=bool)
@@ -317,9 +341,12 @@ class Propagator:
                     )
                 tr.key_area = int(mask.sum())
                 tr.key_mask, tr.key_logits = mask, logits[k : k + 1]
+                if tr.key_area:
+                    values = self._gray(z)[mask]
+                    tr.key_mean, tr.key_std = float(values.mean()), max(float(values.std()), MIN_INTENSITY_SD)
                 reason = "the mask on the key slice is empty" if self.config.mode == "default" and not mask.any() else None
             else:
-                reason = self._reject(tr, mask, float(ious[k]))
+                reason = self._reject(tr, mask, float(ious[k]), z, step)
             if reason is not None:
                 tr.active = False
                 end = ObjectEnd(tr.id, step, z - step, reason)
@@ -338,19 +365,31 @@ class Propagator:
         stacked = np.stack(kept_masks) if kept_masks else np.zeros((0, h, w), dtype=bool)
         return SliceResult(z, tuple(ids), stacked, np.asarray(kept_ious, dtype=np.float32), tuple(ended))
 
-    def _reject(self, tr: _Track, mask: np.ndarray, iou: float) -> str | None:
+    def _reject(self, tr: _Track, mask: np.ndarray, iou: float, z: int, step: int) -> str | None:
         if self.config.mode == "reference":
             return None
         area = int(mask.sum())
         if area == 0:
             return "the mask became empty"
-        if not self.config.stop_rule:
+        c = self.config
+        if not c.stop_rule or (c.trust_limits and tr.prompt.z_limits is not None):
             return None
-        if iou < self.config.min_iou:
-            return f"predicted IoU {iou:.2f} < {self.config.min_iou:g}"
-        if area < self.config.min_area_fraction * tr.key_area:
-            return f"area {area} px < {self.config.min_area_fraction:g} of the key slice's {tr.key_area} px"
+        if iou < c.min_iou:
+            return f"predicted IoU {iou:.2f} < {c.min_iou:g}"
+        overlap = float((mask & tr.prev_mask).sum()) / float(min(area, int(tr.prev_mask.sum())))
+        if overlap < c.min_overlap:
+            return f"overlap with slice {z - step} {overlap:.2f} < {c.min_overlap:g}"
+        if c.max_intensity_shift is not None:
+            shift = abs(float(self._gray(z)[mask].mean()) - tr.key_mean) / tr.key_std
+            if shift > c.max_intensity_shift:
+                return f"intensity moved {shift:.1f} SD from the key slice's object (> {c.max_intensity_shift:g})"
+        if area < c.min_area_fraction * tr.key_area:
+            return f"area {area} px < {c.min_area_fraction:g} of the key slice's {tr.key_area} px"
         return None
+
+    def _gray(self, z: int) -> np.ndarray:
+        image = np.asarray(self.encoder.slices[z])
+        return image.mean(axis=2) if image.ndim == 3 else image
 
     def _prompt(self, tr: _Track, z: int, step: int) -> dict[str, Any]:
         """This slice's prompt for one object, in the model input frame."""
