@@ -134,9 +134,12 @@ class SessionRegistry:
 
     def delete(self, session_id: str) -> None:
         session = self.get(session_id)
+        jobs = list(session.jobs.values())
+        for job in jobs:
+            job.cancel()
+        for job in jobs:  # outside the session lock: a job needs it to finish its last slice
+            job.wait(30)
         with session.lock:
-            for job in list(session.jobs.values()):
-                job.cancel()
             with self._lock:
                 self._sessions.pop(session_id, None)
             trash = Path(tempfile.mkdtemp(prefix=f".deleted-{session_id}-", dir=self.root))
