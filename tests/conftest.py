@@ -11,6 +11,20 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache_in_tmp(tmp_path_factory):
+    """Exported/compiled engine models (medsam.inference.engines) go to a per-session folder, never ~/.cache."""
+    import os
+
+    previous = os.environ.get("MEDSAM_CACHE_DIR")
+    os.environ["MEDSAM_CACHE_DIR"] = str(tmp_path_factory.mktemp("medsam_model_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MEDSAM_CACHE_DIR", None)
+    else:
+        os.environ["MEDSAM_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "data" / "cases.csv").is_file():

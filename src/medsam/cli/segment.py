@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medsam.cli.common import add_model_options, load_model
+from medsam.cli.common import add_model_options, load_predictor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medsam.inference.predictor import Predictor
     from medsam.inference.segment2d import segment_file
     from medsam.io.atomic import check_writable
     from medsam.types import Box, Points
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.output, overwrite=args.overwrite)
     if args.overlay:
         check_writable(args.overlay, overwrite=args.overwrite)
-    predictor = Predictor(load_model(args))
+    predictor = load_predictor(args)
     result = segment_file(
         predictor, args.image, args.output, boxes=boxes, points=points, overlay_path=args.overlay, overwrite=args.overwrite
     )

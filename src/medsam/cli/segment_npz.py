@@ -11,15 +11,14 @@ import argparse
 
 
 def run_npz(args: argparse.Namespace) -> int:
-    from medsam.cli.common import load_model
+    from medsam.cli.common import load_predictor
     from medsam.errors import PromptError
     from medsam.inference.cvpr24 import segment_npz_path
-    from medsam.inference.predictor import Predictor
     from medsam.inference.propagate import PropagationConfig
 
     if args.box or args.point or args.overlay:
         raise PromptError("npz cases carry their own boxes: --box, --point and --overlay do not apply to npz input")
-    predictor = Predictor(load_model(args))
+    predictor = load_predictor(args)
     count = 0
     for result in segment_npz_path(predictor, args.image, args.output, config=PropagationConfig(mode=args.mode),
                                    overwrite=args.overwrite):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from medsam.cli.common import add_model_options, load_model
+from medsam.cli.common import add_model_options, load_predictor
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medsam.errors import PromptError
-    from medsam.inference.predictor import Predictor
     from medsam.inference.propagate import PropagationConfig
     from medsam.inference.video import segment_video_file
     from medsam.types import Box, Points
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise PromptError(f"--frame-range {args.frame_range!r}: give two frame numbers F0,F1") from exc
         frame_range = (f0, f1)
     config = PropagationConfig(batch_size=args.batch_size, stop_rule=not args.follow)
-    predictor = Predictor(load_model(args))
+    predictor = load_predictor(args)
     result = segment_video_file(
         predictor, args.video, args.output, frame=args.frame, boxes=boxes, points=points, frame_range=frame_range,
         overlay_video=args.overlay_video, config=config, max_frames=args.max_frames, overwrite=args.overwrite,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from medsam.cli.common import add_model_options, load_model
+from medsam.cli.common import add_model_options, load_predictor
 
 _MODES = ("default", "reference")
 
@@ -94,7 +94,6 @@ def build_prompts(args: argparse.Namespace) -> list:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from medsam.inference.predictor import Predictor
     from medsam.inference.propagate import PropagationConfig
     from medsam.inference.segment3d import segment_volume_file
 
@@ -103,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, batch_size=args.batch_size, largest_component=args.largest_component,
         mask_prompt=args.mask_prompt,
     )
-    predictor = Predictor(load_model(args))
+    predictor = load_predictor(args)
     result = segment_volume_file(
         predictor, args.input, args.output, prompts=prompts, window=args.window, output_format=args.output_format,
         montage_path=args.montage, config=config, label_names=args.label or None, series_uid=args.series_uid,
