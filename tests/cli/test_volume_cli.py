@@ -27,13 +27,18 @@ CENTRE, RADIUS = (10, 20, 24), 6
 
 @pytest.fixture(autouse=True)
 def oracle_model(monkeypatch):
-    """Every subcommand gets the stand-in model instead of building one from the registry."""
+    """Every subcommand gets a predictor on the stand-in model instead of building one from the registry
+    (patched where it is looked up: the shared helper and the modules that imported it)."""
     import medsam.cli.common
     import medsam.cli.segment_video
     import medsam.cli.segment_volume
+    from medsam.inference.predictor import Predictor
+
+    def fake(args, **kwargs):
+        return Predictor(OracleModel(), **kwargs)
 
     for module in (medsam.cli.common, medsam.cli.segment_volume, medsam.cli.segment_video):
-        monkeypatch.setattr(module, "load_model", lambda args: OracleModel())
+        monkeypatch.setattr(module, "load_predictor", fake, raising=False)
 
 
 def ball(shape=SHAPE, centre=CENTRE, radius=RADIUS) -> np.ndarray:
