@@ -531,3 +531,9 @@ def test_prefetch_encodes_neighbours(make_client):
         client.get(f"/api/sessions/{sid}/slices/6/image")
         client.get(f"/api/sessions/{sid}/slices/0/image")
         assert engine.prefetch.pending(sid) == 2  # slices 0 and 1 (6 and 7 were replaced)
+
+
+def test_multimask_keeps_the_best(client):
+    sid = open_session(client)["id"]
+    r = prompt(client, sid, box=[45, 25, 75, 55], multimask=True)
+    assert r.status_code == 200 and r.json()["has_mask"] and r.json()["decode_cpu_ms"] >= 0

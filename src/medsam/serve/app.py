@@ -197,6 +197,7 @@ def mask_response(
     encode_ms: float = 0.0,
     decode_ms: float = 0.0,
     wait_ms: float = 0.0,
+    decode_cpu_ms: float = 0.0,
 ) -> S.MaskResponse:
     hist = session.drafts.get(z, object_id)
     step = hist.current if hist is not None else None
@@ -233,6 +234,7 @@ def mask_response(
         encode_ms=encode_ms,
         decode_ms=decode_ms,
         wait_ms=wait_ms,
+        decode_cpu_ms=decode_cpu_ms,
         mask=None if payload is None else S.MaskPayload(**payload),
     )
 
@@ -473,16 +475,16 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
 
     def _decode_step(
         session: Session, stack: ImageStack, z: int, object_id: int, box, points, labels, use_mask: bool, multimask: bool
-    ) -> tuple[float, float, float]:
+    ) -> tuple[float, float, float, float]:
         """Encode if needed (outside the session lock), then decode under it and push the step.
-        Returns encode, decode and model-wait milliseconds."""
+        Returns encode, decode, model-wait and decode CPU milliseconds."""
         enc, encode_ms = engine.encoding(stack, z)
         with session.lock:
             hist = session.drafts.get(z, object_id, create=True)
             mask_input = hist.current.logits if use_mask and hist.current is not None else None
             decoded = engine.decode(enc, box=box, points=points, point_labels=labels, mask_input=mask_input, multimask=multimask)
             hist.push(PromptStep.make(box, points, labels, mask_input is not None, decoded.logits, decoded.iou, decoded.mask))
-        return encode_ms, decoded.decode_ms, decoded.wait_ms
+        return encode_ms, decoded.decode_ms, decoded.wait_ms, decoded.decode_cpu_ms
 
     @app.post("/api/sessions/{sid}/slices/{z}/prompts", response_model=S.MaskResponse, tags=["prompts"])
     def prompts(sid: str, z: int, req: S.PromptRequest) -> S.MaskResponse:

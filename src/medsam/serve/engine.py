@@ -81,6 +81,7 @@ class Decoded:
     iou: float
     decode_ms: float
     wait_ms: float = 0.0
+    decode_cpu_ms: float = 0.0
 
 
 class ModelEngine:
@@ -144,6 +145,7 @@ class ModelEngine:
         start = time.perf_counter()
         with self.lock.hold(INTERACTIVE), threads(self.decode_threads):
             got_lock = time.perf_counter()
+            cpu = time.thread_time()
             self.predictor.set_encoding(enc)
             pred = self.predictor.predict(
                 boxes=None if box is None else np.asarray(box, dtype=np.float64)[None],
@@ -152,11 +154,17 @@ class ModelEngine:
                 mask_input=None if mask_input is None else mask_input[None],
                 multimask=multimask,
             )
+            cpu_ms = (time.thread_time() - cpu) * 1000.0
         if multimask:
             pred = pred.best()
         done = time.perf_counter()
         return Decoded(
-            pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]), (done - got_lock) * 1000.0, (got_lock - start) * 1000.0
+            pred.masks[0, 0],
+            pred.low_res_logits[0, :1],
+            float(pred.iou_scores[0, 0]),
+            (done - got_lock) * 1000.0,
+            (got_lock - start) * 1000.0,
+            cpu_ms,
         )
 
     def warm_up(self) -> float:

@@ -191,6 +191,9 @@ class MaskResponse(BaseModel):
     encode_ms: float = Field(description="time spent encoding the slice in this request (0 when it was cached)")
     decode_ms: float = Field(description="the decoder call and mask post-processing")
     wait_ms: float = Field(0.0, description="time waiting for the model (another request or a background encode held it)")
+    decode_cpu_ms: float = Field(
+        0.0, description="CPU time of the decode in the serving thread (with one decode thread: its time on a quiet core)"
+    )
     mask: MaskPayload | None
 
 
