@@ -26,7 +26,8 @@ The algorithm is SAM's automatic mask generation, adapted to medical images and 
 5. A mask is kept when its predicted IoU exceeds ``pred_iou_thresh`` and its stability score (the IoU of
    the mask cut at logit +``stability_offset`` with the one cut at -``stability_offset``) reaches
    ``stability_thresh``; masks of a crop that run into the crop's inner edges, and masks mostly
-   (``max_background_frac``) on background, are dropped.
+   (more than ``max_background_frac``) on background, are dropped (the background is found as in step 2
+   even when ``skip_background`` is off, which only stops the skipping of points).
 6. Duplicates are removed by non-maximum suppression on boxes or masks (``nms_mode``, IoU ``nms_iou``),
    within each crop by predicted IoU, then across crops preferring the smaller crop.
 7. Holes and islands smaller than ``min_area_px`` are removed, masks smaller than it dropped, and
@@ -308,9 +309,7 @@ class AutomaticSegmenter:
         start = time.perf_counter()
         display = _display_uint8(image, source=source)
         h, w = display.shape[:2]
-        fg = foreground_mask(display, self.background_rule) if self.skip_background else ForegroundMask(
-            np.ones((h, w), dtype=bool), None, "background skipping off"
-        )
+        fg = foreground_mask(display, self.background_rule)
         crops = crop_boxes((h, w), self.crop_layers, self.crop_overlap)
         t0 = time.perf_counter()
         encodings = self._encode_crops(display, crops, source)
@@ -485,7 +484,7 @@ class AutomaticSegmenter:
                     continue
                 if crop.layer > 0 and near_crop_edge(np.array([patch.box]), crop.as_tuple(), image_hw)[0]:
                     continue
-                if fg.reference is not None and self._background_share(patch, fg) > self.max_background_frac:
+                if self.max_background_frac < 1 and fg.reference is not None and self._background_share(patch, fg) > self.max_background_frac:
                     continue
                 pb = None
                 if prompt_boxes is not None:
