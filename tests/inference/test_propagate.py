@@ -4,6 +4,7 @@ and the official LiteMedSAM 3D golden masks (slow, real weights)."""
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,6 +69,10 @@ def test_default_mode_follows_the_object_and_stops_where_it_ends(oracle):
     assert {e.direction: e.last_z for e in obj.ends} == {1: 19, -1: 5}
     # one slice past each end is looked at and rejected; nothing else is encoded
     assert result.slices_visited == result.slices_encoded == model.encoded_images == (19 - 5 + 1) + 2
+    # in batches of 4, a shrinking object stops the encoding ahead near its ends: nothing is encoded for nothing
+    batched = segment_stack(Predictor(OracleModel()), volume, [ObjectPrompt(z=12, box=box_of(truth, 1, 12))],
+                            replace(config, batch_size=4), progress=False)
+    assert np.array_equal(batched.labels, result.labels) and batched.slices_encoded == result.slices_encoded
 
 
 def test_area_rule_stops_before_the_tip(oracle):

@@ -314,11 +314,23 @@ class Propagator:
         return tr.lo <= z < tr.prompt.z
 
     def _ahead(self, tracks: list[_Track], z: int, step: int) -> list[int]:
-        """The slices after z in this direction that some object may still reach (for batching)."""
+        """The slices after z in this direction that some object may still reach (encoded in z's batch).
+
+        Where an object has no z limit its end is unknown; once its mask has shrunk below half of the key
+        slice's, it is probably near its end and nothing is encoded ahead, so at most a batch's worth of
+        slices past the end is encoded for nothing only when an object ends abruptly.
+        """
+        active = [tr for tr in tracks if tr.active]
+        open_ended = self.config.mode == "default" and any(
+            tr.prompt.z_limits is None and tr.prev_mask is not None and 2 * int(tr.prev_mask.sum()) < tr.key_area
+            for tr in active
+        )
+        if open_ended or not active:
+            return []
         if step > 0:
-            last = max((tr.hi for tr in tracks if tr.active), default=z)
+            last = max(tr.hi for tr in active)
             return list(range(z + 1, min(last, z + self.config.batch_size - 1) + 1))
-        first = min((tr.lo for tr in tracks if tr.active), default=z)
+        first = min(tr.lo for tr in active)
         return list(range(z - 1, max(first, z - self.config.batch_size + 1) - 1, -1))
 
     # --- one slice ------------------------------------------------------------------------------------
