@@ -84,6 +84,7 @@ def start_server(args, sessions_dir: Path) -> tuple[subprocess.Popen, str]:
         sys.executable, "-m", "medsam.cli", "serve", "--port", str(port), "--model", args.model,
         "--data-root", str(SHARED / "data"), "--sessions-dir", str(sessions_dir), "--prefetch", "0",
         "--log-level", "warning", "--decode-threads", str(args.decode_threads),
+        "--precision", args.precision, "--backend", args.backend,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -263,6 +264,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--model", default="lite_medsam")
     parser.add_argument("--decode-threads", type=int, default=1)
+    parser.add_argument("--precision", default="auto", help="the server's --precision (auto = the team's fast path)")
+    parser.add_argument("--backend", default="auto", help="the server's --backend (torch with fp32 = the exact path)")
     parser.add_argument("--accept-every", type=int, default=3, help="each client accepts every Nth prompt")
     parser.add_argument("--single-repeats", type=int, default=30)
     parser.add_argument("--url", default=None, help="use a running server (then give --sessions-dir to check its files)")
@@ -317,6 +320,7 @@ def main() -> int:
     requests = sum(len(v) for v in record.latencies.values())
     result = {
         "model": health.model,
+        "engine": health.engine,
         "clients": args.clients,
         "duration_s": round(elapsed, 1),
         "decode_threads": args.decode_threads,
@@ -334,7 +338,7 @@ def main() -> int:
         "error_samples": record.errors[:5],
         "accepted_masks": check,
     }
-    print(f"model {result['model']}, {args.clients} clients for {elapsed:.0f} s, {len(targets)} sessions, load before {load_before[0]:.1f} after {load_after[0]:.1f} on {os.cpu_count()} cores")
+    print(f"model {result['model']} on {result['engine']}, {args.clients} clients for {elapsed:.0f} s, {len(targets)} sessions, load before {load_before[0]:.1f} after {load_after[0]:.1f} on {os.cpu_count()} cores")
     s = single
     print(
         f"one client alone, box -> mask: server median {s['server_ms']['median']:.0f} ms (p95 {s['server_ms']['p95']:.0f}), "

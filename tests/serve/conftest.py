@@ -50,7 +50,7 @@ def make_app(tmp_path: Path, tiny_lite, data_root: Path):
     apps = []
 
     def make(model=None, **overrides):
-        options = dict(sessions_dir=tmp_path / "sessions", data_root=data_root, prefetch_slices=0, warm_up=False)
+        options = dict(sessions_dir=tmp_path / "sessions", data_root=data_root, prefetch_slices=0, warm_up=False, precision="fp32", backend="torch")
         options.update(overrides)
         app = create_app(ServeSettings(**options), model if model is not None else tiny_lite)
         apps.append(app)

@@ -28,21 +28,29 @@ def test_serve_defaults_and_options(captured, tmp_path, data_root, capsys):
     code = main([
         "serve", "--model", "tiny_lite", "--device", "cpu", "--port", "8123", "--data-root", str(data_root),
         "--sessions-dir", str(tmp_path / "s"), "--token", "abc", "--max-upload-mb", "3", "--prefetch", "0",
+        "--precision", "fp32", "--backend", "torch", "--threads", "1",
     ])
     assert code == 0
     settings = captured["app"].state.medsam.settings
     assert captured["host"] == "127.0.0.1" and captured["port"] == 8123
     assert settings.token == "abc" and settings.max_upload_mb == 3 and settings.data_root == data_root.resolve()
     assert settings.sessions_dir == tmp_path / "s" and (tmp_path / "s").is_dir()
+    assert (settings.precision, settings.backend, settings.threads) == ("fp32", "torch", 1)
     assert "#token=" in capsys.readouterr().out
 
 
 def test_serve_warns_when_exposed_without_token(captured, tmp_path, capsys):
-    main(["serve", "--model", "tiny_lite", "--device", "cpu", "--host", "0.0.0.0", "--sessions-dir", str(tmp_path / "s")])
+    main([
+        "serve", "--model", "tiny_lite", "--device", "cpu", "--host", "0.0.0.0", "--sessions-dir", str(tmp_path / "s"),
+        "--precision", "fp32", "--backend", "torch",
+    ])
     assert "without --token" in capsys.readouterr().err
     assert captured["app"].state.medsam.settings.host_allowlist() is None
 
 
 def test_serve_bad_data_root(tmp_path, capsys):
-    code = main(["serve", "--model", "tiny_lite", "--data-root", str(tmp_path / "missing"), "--sessions-dir", str(tmp_path)])
+    code = main([
+        "serve", "--model", "tiny_lite", "--data-root", str(tmp_path / "missing"), "--sessions-dir", str(tmp_path),
+        "--precision", "fp32", "--backend", "torch",
+    ])
     assert code == 2 and "is not a folder" in capsys.readouterr().err

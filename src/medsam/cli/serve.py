@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         prefetch_idle_s=args.prefetch_idle,
         decode_threads=args.decode_threads,
         encode_threads=args.encode_threads,
+        precision=getattr(args, "precision", "auto"),
+        backend=getattr(args, "backend", "auto"),
+        threads=getattr(args, "threads", None),
         **kwargs,
     )
     if not is_loopback(settings.host) and settings.token is None:

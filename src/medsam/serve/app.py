@@ -124,6 +124,29 @@ class ServerState:
                 job.wait(10)
 
 
+def build_predictor(model: Any, settings: ServeSettings) -> Any:
+    """The server's Predictor on the execution engine of ``settings`` (precision/backend/threads); an engine
+    that is missing or fails falls back to PyTorch with a logged note, as in the other commands."""
+    import warnings
+
+    from medsam.inference.predictor import Predictor
+
+    cache_bytes = int(settings.cache_mb * 2**20)
+    try:
+        from medsam.inference.engines import ExecutionOptions, make_predictor
+    except ImportError:
+        return Predictor(model, cache_bytes=cache_bytes)
+    options = ExecutionOptions(settings.precision, settings.backend, settings.threads)
+    if options.is_exact:
+        return Predictor(model, cache_bytes=cache_bytes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        predictor = make_predictor(model, options, cache_bytes=cache_bytes)
+    for warning in caught:
+        log.warning("medsam serve: note: %s", warning.message)
+    return predictor
+
+
 def everything_available() -> bool:
     try:
         from medsam.inference import everything  # noqa: F401
@@ -284,6 +307,7 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         prefetch_idle_s=settings.prefetch_idle_s,
         decode_threads=settings.decode_threads,
         encode_threads=settings.encode_threads,
+        predictor=build_predictor(model, settings),
     )
     state = ServerState(settings, engine, SessionRegistry(settings))
     if settings.warm_up:
@@ -341,6 +365,7 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         return S.Health(
             version=__version__,
             model=engine.name,
+            engine=engine_description(engine.predictor),
             device=str(engine.predictor.device),
             sessions=len(state.registry),
             auth_required=settings.token is not None,
@@ -706,6 +731,12 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
     add_proposal_routes(app, state, _accept_mask)
 
     return app
+
+
+def engine_description(predictor: Any) -> str:
+    encoder = getattr(predictor, "_encoder", None)
+    tag = getattr(encoder, "cache_tag", None) or getattr(encoder, "name", None)
+    return str(tag) if tag else "torch fp32 (exact)"
 
 
 def _format_of(name: str) -> str:

@@ -95,13 +95,15 @@ class ModelEngine:
         prefetch_idle_s: float = 1.5,
         decode_threads: int | None = 1,
         encode_threads: int | None = None,
+        predictor: Predictor | None = None,
     ) -> None:
         """decode_threads / encode_threads: torch intra-op threads for prompts and for encoding (None: torch's
         default). The setting is per calling thread and taken under the model lock. One thread for the
         small decoder ops is robust when the cores are shared: with two, OpenMP's barriers make each op wait
-        for a busy core and a 20 ms decode can take 500 ms."""
+        for a busy core and a 20 ms decode can take 500 ms. ``predictor``: one built on ``model`` with a fast
+        engine (``medsam.inference.engines.make_predictor``); default: the eager model."""
         self.model = model
-        self.predictor = Predictor(model, cache_bytes=int(cache_mb * 2**20))
+        self.predictor = predictor if predictor is not None else Predictor(model, cache_bytes=int(cache_mb * 2**20))
         self.lock = ModelLock()
         self.decode_threads = decode_threads
         self.encode_threads = encode_threads if encode_threads is not None else torch.get_num_threads()

@@ -12,6 +12,7 @@ prompts get in between. Without that module the endpoints answer 501. Proposals 
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,32 +35,32 @@ class KeptProposal:
     stability: float | None
 
 
-class _LockedModel:
-    """The engine's model, with each encoder and decoder call taken under the model lock (job priority):
+class _Locked:
+    """One of the engine's model calls (encoder or decoder), taken under the model lock at job priority:
     a long "segment everything" run lets people's prompts in between its batches."""
 
-    def __init__(self, model: Any, engine: Any) -> None:
-        self._model = model
+    def __init__(self, call: Any, engine: Any, torch_threads: int | None) -> None:
+        self._call = call
         self._engine = engine
+        self._threads = torch_threads
+        self.cache_tag = getattr(call, "cache_tag", None)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def encode(self, *args: Any, **kwargs: Any) -> Any:
-        with self._engine.lock.hold(JOB), threads(self._engine.encode_threads):
-            return self._model.encode(*args, **kwargs)
-
-    def decode(self, *args: Any, **kwargs: Any) -> Any:
-        with self._engine.lock.hold(JOB), threads(self._engine.decode_threads):
-            return self._model.decode(*args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._engine.lock.hold(JOB), threads(self._threads):
+            return self._call(*args, **kwargs)
 
 
 def locked_predictor(engine: Any) -> Any:
-    """A Predictor on the locked model that shares the engine's embedding cache (same signatures)."""
+    """A Predictor running the engine's own encoder and decoder under the model lock, sharing its embedding
+    cache and signatures (so slices encoded for prompting are reused)."""
     from medsam.inference.predictor import Predictor
 
-    predictor = Predictor(_LockedModel(engine.model, engine))  # type: ignore[arg-type]
-    predictor.cache = engine.predictor.cache
+    base = engine.predictor
+    encoder = _Locked(getattr(base, "_encoder", engine.model.encode), engine, engine.encode_threads)
+    decoder = _Locked(getattr(base, "_decoder", engine.model.decode), engine, engine.decode_threads)
+    predictor = Predictor(engine.model, encoder=encoder, decoder=decoder)
+    predictor.model_id = base.model_id
+    predictor.cache = base.cache
     return predictor
 
 
@@ -116,6 +117,8 @@ def add_proposal_routes(app: Any, state: Any, accept_mask: Callable[..., Any]) -
                 options["pred_iou_thresh"] = req.pred_iou_thresh
             if req.stability_thresh is not None:
                 options["stability_thresh"] = req.stability_thresh
+            if "shared_decoder" in inspect.signature(segmenter_class).parameters:
+                options["shared_decoder"] = False  # it calls the model's modules directly, outside the lock
             segmenter = segmenter_class(locked_predictor(engine), **options)
             image = stack.raw[0] if stack.dims == "2d" else stack.model_slices[z]
             instances = segmenter.generate(image, source=f"session {sid} slice {z}")

@@ -34,6 +34,7 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     model: str
+    engine: str = Field("", description="the execution engine running the model")
     device: str
     sessions: int
     auth_required: bool

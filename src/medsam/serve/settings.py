@@ -47,6 +47,9 @@ class ServeSettings:
     warm_up: run each kind of decode once at start so the first prompt is as fast as the next ones.
     decode_threads / encode_threads: torch threads for prompts / for encoding and propagation (None = torch's
         default, all cores). One decode thread keeps prompts fast when other programs share the cores.
+    precision / backend / threads: the execution engine (``medsam.inference.engines``): "auto" is the team's
+        fast path (OpenVINO fp32 when installed: the same masks); precision "fp32" with backend "torch" is the
+        exact eager path. ``threads`` is the engine's own thread count (OpenVINO/onnxruntime).
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +71,9 @@ class ServeSettings:
     warm_up: bool = True
     decode_threads: int | None = 1
     encode_threads: int | None = None
+    precision: str = "auto"
+    backend: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.data_root is not None:
