@@ -193,7 +193,9 @@ class MaskResponse(BaseModel):
     decode_ms: float = Field(description="the decoder call and mask post-processing")
     wait_ms: float = Field(0.0, description="time waiting for the model (another request or a background encode held it)")
     decode_cpu_ms: float = Field(
-        0.0, description="CPU time of the decode in the serving thread (with one decode thread: its time on a quiet core)"
+        0.0,
+        description="CPU time of the decode in the serving thread: with the torch engine and one decode thread, its "
+        "time on a quiet core; OpenVINO/onnxruntime run in threads of their own, not counted here",
     )
     mask: MaskPayload | None
 
