@@ -76,3 +76,12 @@ def test_overlay_tints_objects_in_distinct_colours(tmp_path):
     write_overlay_png(image, labels, tmp_path / "o.png")
     with pytest.raises(InputError, match="differs"):
         render_overlay(image, labels[:10])
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+
+    path = write_mask_png(np.ones((4, 4), bool), tmp_path / "perm.png")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~mask)
