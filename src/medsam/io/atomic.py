@@ -11,10 +11,18 @@ from typing import Iterator
 from medsam.errors import OutputError
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe later on.
+_UMASK = _read_umask()
+
+
+def _current_umask() -> int:
+    return _UMASK
 
 
 def check_writable(path: str | Path, *, overwrite: bool = False) -> Path:
