@@ -17,7 +17,7 @@ from medsam.inference.amg.grid import anchor_boxes, coarse_to_fine_order, crop_b
 from medsam.inference.amg.nms import box_iou, mask_iou, nms_boxes, nms_masks
 from medsam.inference.amg.patch import MaskPatch
 from medsam.inference.amg.rle import Rle, counts_to_string, decode_rle, encode_rle, string_to_counts
-from medsam.inference.everything import AutomaticSegmenter, InstanceMask, _Candidate, propose
+from medsam.inference.everything import AutomaticSegmenter, BoxAnchor, InstanceMask, _Candidate, propose
 
 # --- RLE ------------------------------------------------------------------------------------------------
 
@@ -263,7 +263,7 @@ def _loose(model, **kw):
 
 @pytest.mark.parametrize("mode", ["points", "boxes"])
 def test_tiny_model_end_to_end(tiny_lite, disc_image, mode):
-    seg = _loose(tiny_lite, prompt_mode=mode, refine=True)
+    seg = _loose(tiny_lite, prompt_mode=mode)
     result = seg.run(disc_image)
     s = result.stats
     assert s.grid_points == 16 and s.prompts >= 16 and s.kept == len(result.instances) > 0
@@ -349,13 +349,25 @@ def test_box_prompts_are_skipped_only_at_the_scale_of_the_found_mask(tiny_lite):
     image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
     # boxes of 32 and 8 pixels; the found left half (side ~45 px) is within 2x of 32, not of 8
     seg = _RecordingBoxSegmenter(tiny_lite, grid=8, points_per_batch=4, skip_background=False, prompt_mode="boxes",
-                                 box_scales=(0.5, 0.125), refine=False)
+                                 anchors=(BoxAnchor(4.0), BoxAnchor(1.0)))
     result = seg.run(image)
     first, later = seg.items[0], np.concatenate(seg.items[1:])
     assert first[:, 2].tolist() == [0, 1, 0, 1]  # per point: the larger box first
     left = later[:, 0] < 32
     assert (later[left, 2] == 1).all() and left.any()  # small boxes still tried inside the found mask
     assert result.stats.skipped_covered == sum(1 for p in grid_points((64, 64), 8)[2:] if p[0] < 32)
+
+
+def test_anchor_strides_choose_grid_points(tiny_lite):
+    image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    seg = _RecordingBoxSegmenter(tiny_lite, grid=4, points_per_batch=100, skip_background=False, prompt_mode="boxes",
+                                 anchors=(BoxAnchor(1.0, 1), BoxAnchor(2.0, 2)), progressive=False)
+    seg.run(image)
+    items = np.concatenate(seg.items)
+    assert len(items) == 16 + 4
+    big = items[items[:, 2] == 1]
+    # grid 4 over 64 px: centres 7.5, 23.5, 39.5, 55.5; stride 2 takes rows and columns 1 and 3
+    assert sorted(map(tuple, big[:, :2])) == [(23.5, 23.5), (23.5, 55.5), (55.5, 23.5), (55.5, 55.5)]
 
 
 def test_large_masks_do_not_cover_points(tiny_lite):
@@ -376,7 +388,8 @@ def test_large_masks_do_not_cover_points(tiny_lite):
         ({"crop_layers": 9}, "crop_layers"),
         ({"min_area_px": -5}, "min_area_px"),
         ({"prompt_mode": "clicks"}, "prompt_mode"),
-        ({"box_scales": (0.0,)}, "box_scales"),
+        ({"anchors": (BoxAnchor(0.0),)}, "anchors"),
+        ({"anchors": ()}, "anchors"),
     ],
 )
 def test_bad_parameters_are_input_errors(tiny_lite, kwargs, message):

@@ -20,9 +20,12 @@ The algorithm is SAM's automatic mask generation, adapted to medical images and 
    so a point in a found organ is still tried with much smaller boxes (its parts) and larger ones.
 4. The prompt depends on the model (``prompt_mode``). SAM models get one positive point and return three
    masks (whole, part, sub-part). LiteMedSAM and MedSAM were trained with boxes only and return noise
-   for a lone point, so each grid point gets square boxes of the sides in ``box_scales`` (fractions of
-   the foreground's longer side) and one mask per box; with ``refine`` each mask is prompted again with
-   its own tight box grown by ``refine_margin``, which snaps a box that straddles an object onto it.
+   for a lone point, so grid points get square boxes (``anchors``): each :class:`BoxAnchor` has a side
+   in grid spacings (the spacing is the image's longer side / ``grid``), a stride (every stride-th grid
+   point gets it: large boxes need fewer centres) and a refine flag: the mask of a refined box is
+   prompted again with its own tight box grown by ``refine_margin``, which snaps a box that straddles an
+   object onto it, and the better of the two (by predicted IoU) is kept. A denser ``grid`` therefore
+   means smaller boxes as well as more of them, as with SAM's points.
 5. A mask is kept when its predicted IoU exceeds ``pred_iou_thresh`` and its stability score (the IoU of
    the mask cut at logit +``stability_offset`` with the one cut at -``stability_offset``) reaches
    ``stability_thresh``; masks of a crop that run into the crop's inner edges, and masks mostly
@@ -52,7 +55,7 @@ import torch
 from medsam.errors import InputError
 from medsam.inference.amg.filters import near_crop_edge, remove_small_regions, stability_score
 from medsam.inference.amg.foreground import BackgroundRule, ForegroundMask, foreground_mask
-from medsam.inference.amg.grid import CropBox, anchor_boxes, crop_boxes, grid_points
+from medsam.inference.amg.grid import CropBox, anchor_boxes, coarse_to_fine_order, crop_boxes, grid_points
 from medsam.inference.amg.nms import nms_boxes, nms_masks
 from medsam.inference.amg.patch import MaskPatch
 from medsam.inference.amg.rle import Rle, encode_rle
@@ -79,11 +82,29 @@ class ModeDefaults:
     nms_mode: NmsMode
 
 
-#: points: SAM's own defaults. boxes: measured on LiteMedSAM (benchmarks/everything.py), whose predicted
-#: IoUs for box prompts run lower than SAM's for points.
+@dataclass(frozen=True)
+class BoxAnchor:
+    """Box prompts of one size: ``size`` is the side in grid spacings, ``stride`` which grid points get it
+    (every stride-th row and column), ``refine`` whether its masks are prompted again with their own box."""
+
+    size: float
+    stride: int = 1
+    refine: bool = False
+
+
+#: Measured on LiteMedSAM and the CT slices of ../shared (benchmarks/everything.py): small boxes on every
+#: point, unrefined (refining them found nothing more); boxes of 2.5 and 5 spacings on every other point,
+#: refined (refinement lifts the predicted IoU of the right mask above the threshold).
+DEFAULT_ANCHORS = (BoxAnchor(1.25, 1, False), BoxAnchor(2.5, 2, True), BoxAnchor(5.0, 2, True))
+
+
+#: points: SAM's own defaults. boxes: measured on LiteMedSAM and the CT slices of ../shared
+#: (benchmarks/everything.py): its predicted IoUs and stability scores for box prompts run lower than SAM's
+#: for points (the masks that match an organ score 0.7-0.9 and 0.65-0.9), and SAM's 0.88 / 0.95 keep
+#: nothing at all; 0.75 / 0.7 keep every organ the prompts find.
 MODE_DEFAULTS = {
     "points": ModeDefaults(0.88, 0.95, "box"),
-    "boxes": ModeDefaults(0.88, 0.95, "box"),
+    "boxes": ModeDefaults(0.75, 0.7, "box"),
 }
 
 
@@ -149,7 +170,7 @@ class Proposal:
 class EverythingStats:
     """What a run did. grid_points: points of all crops' grids; skipped_background / skipped_covered:
     points not prompted by the background rule / progressive sampling; prompts: prompts decoded (a point
-    with 3 box scales counts 3, a refinement pass counts again); candidates: masks that passed the quality
+    with 3 box anchors counts 3, a refinement counts again); candidates: masks that passed the quality
     filters; kept: masks returned. Times in seconds."""
 
     grid_points: int
@@ -229,8 +250,7 @@ class AutomaticSegmenter:
         cover_max_frac: float = 0.25,
         cover_scale_ratio: float = 2.0,
         prompt_mode: PromptMode = "auto",
-        box_scales: Sequence[float] = (0.08, 0.16, 0.32),
-        refine: bool = True,
+        anchors: Sequence[BoxAnchor] = DEFAULT_ANCHORS,
         refine_margin: float = 0.05,
         encode_batch: int = 4,
         shared_decoder: bool = True,
@@ -263,9 +283,15 @@ class AutomaticSegmenter:
             raise InputError(f"min_area_px {min_area_px}: give a pixel count >= 0 (0 keeps every hole and island)")
         if nms_mode not in ("box", "mask"):
             raise InputError(f"nms_mode {nms_mode!r}: choose 'box' or 'mask'")
-        scales = tuple(float(s) for s in box_scales)
-        if not scales or any(not (0 < s <= 1) for s in scales):
-            raise InputError(f"box_scales {box_scales!r}: give one or more fractions in (0, 1] of the foreground's side")
+        anchors = tuple(anchors)
+        if not anchors or any(
+            not isinstance(a, BoxAnchor) or not (0 < a.size <= 4 * MAX_GRID) or not (1 <= int(a.stride) <= MAX_GRID)
+            for a in anchors
+        ):
+            raise InputError(
+                f"anchors {anchors!r}: give one or more BoxAnchor(size, stride, refine) with a size > 0 in grid "
+                "spacings and a stride of 1 or more"
+            )
         _check_fraction("refine_margin", refine_margin)
         self.grid = int(grid)
         self.points_per_batch = int(points_per_batch)
@@ -287,8 +313,7 @@ class AutomaticSegmenter:
         if not cover_scale_ratio >= 1:
             raise InputError(f"cover_scale_ratio {cover_scale_ratio}: must be 1 or more (2 is typical)")
         self.cover_scale_ratio = float(cover_scale_ratio)
-        self.box_scales = scales
-        self.refine = bool(refine)
+        self.anchors: tuple[BoxAnchor, ...] = anchors
         self.refine_margin = float(refine_margin)
         self.encode_batch = int(encode_batch)
 
@@ -370,26 +395,32 @@ class AutomaticSegmenter:
         self, crop: CropBox, enc: ImageEncoding, fg: ForegroundMask, image_hw: tuple[int, int], counters: _Counters
     ) -> list[_Candidate]:
         n = max(1, self.grid // (self.crop_points_downscale**crop.layer))
+        order = coarse_to_fine_order(n)
         points = grid_points(crop.hw, n) + np.array([crop.x0, crop.y0], dtype=np.float64)
+        rows, cols = order // n, order % n
         counters.grid_points += len(points)
         if self.skip_background:
             on_fg = fg.mask[np.rint(points[:, 1]).astype(int), np.rint(points[:, 0]).astype(int)]
             counters.skipped_background += int((~on_fg).sum())
-            points = points[on_fg]
-        side = self._foreground_side(fg, crop)
+            points, rows, cols = points[on_fg], rows[on_fg], cols[on_fg]
+        spacing = max(crop.hw) / n
         fg_area = max(1, int(fg.mask[crop.y0 : crop.y1, crop.x0 : crop.x1].sum()))
-        # The queue holds (x, y, scale index): one item per point for point prompts (index -1), one per
-        # point and box size for box prompts, the larger box first.
+        # The queue holds (x, y, anchor index): one item per point for point prompts (index -1); for box
+        # prompts one per point and anchor whose stride takes that point, the larger box first.
         if self.prompt_mode == "points":
             items = np.concatenate([points, np.full((len(points), 1), -1.0)], axis=1)
         else:
-            order = np.argsort([-s for s in self.box_scales], kind="stable")
-            items = np.concatenate(
-                [np.concatenate([p[None].repeat(len(order), 0), order[:, None].astype(np.float64)], axis=1) for p in points]
-            ) if len(points) else np.zeros((0, 3))
-        n_maps = 1 if self.prompt_mode == "points" else len(self.box_scales)
+            by_size = sorted(range(len(self.anchors)), key=lambda k: -self.anchors[k].size)
+            parts = []
+            for i in range(len(points)):
+                for k in by_size:
+                    m = int(self.anchors[k].stride)
+                    if rows[i] % m == m // 2 and cols[i] % m == m // 2:
+                        parts.append((points[i, 0], points[i, 1], float(k)))
+            items = np.array(parts, dtype=np.float64).reshape(-1, 3)
+        n_maps = 1 if self.prompt_mode == "points" else len(self.anchors)
         covered = np.zeros((n_maps,) + tuple(image_hw), dtype=bool)
-        box_sides = np.array([s * side for s in self.box_scales])
+        box_sides = np.array([a.size * spacing for a in self.anchors])
         candidates: list[_Candidate] = []
         pending = items
         while len(pending):
@@ -403,7 +434,7 @@ class AutomaticSegmenter:
                 if not len(pending):
                     break
             batch, pending = pending[: self.points_per_batch], pending[self.points_per_batch :]
-            found = self._process_batch(batch, crop, enc, fg, side, image_hw, counters)
+            found = self._process_batch(batch, crop, enc, fg, spacing, image_hw, counters)
             candidates.extend(found)
             if self.progressive:
                 for c in found:
@@ -428,22 +459,13 @@ class AutomaticSegmenter:
         r = self.cover_scale_ratio
         return [k for k, b in enumerate(box_sides) if b / r <= size <= b * r]
 
-    def _foreground_side(self, fg: ForegroundMask, crop: CropBox) -> float:
-        """The longer side of the foreground's bounding box inside the crop (box prompts scale with it)."""
-        window = fg.mask[crop.y0 : crop.y1, crop.x0 : crop.x1]
-        ys = np.flatnonzero(window.any(axis=1))
-        xs = np.flatnonzero(window.any(axis=0))
-        if ys.size == 0:
-            return float(max(crop.hw))
-        return float(max(ys[-1] - ys[0] + 1, xs[-1] - xs[0] + 1))
-
     def _process_batch(
         self,
         items: np.ndarray,
         crop: CropBox,
         enc: ImageEncoding,
         fg: ForegroundMask,
-        side: float,
+        spacing: float,
         image_hw: tuple[int, int],
         counters: _Counters,
     ) -> list[_Candidate]:
@@ -455,13 +477,15 @@ class AutomaticSegmenter:
             m = logits.shape[1]
             prompt_boxes = None
         else:
-            sides = np.array(self.box_scales)[items[:, 2].astype(int)] * side
+            which = items[:, 2].astype(int)
+            sides = np.array([a.size for a in self.anchors])[which] * spacing
             boxes = anchor_boxes(local, sides, crop.hw)
             logits, iou = self._decode(enc, boxes=boxes, counters=counters)
             m = 1
             prompt_boxes = boxes
-            if self.refine:
-                logits, iou, prompt_boxes = self._refine(enc, logits, iou, boxes, crop, counters)
+            refine = np.flatnonzero(np.array([a.refine for a in self.anchors])[which])
+            if refine.size:
+                logits, iou, prompt_boxes = self._refine(enc, logits, iou, boxes, refine, crop, counters)
         t0 = time.perf_counter()
         # rows: prompt-major, then mask index
         logits = logits.reshape(-1, *logits.shape[-2:])
@@ -534,28 +558,35 @@ class AutomaticSegmenter:
         return torch.cat(outs), torch.cat(ious)
 
     def _refine(
-        self, enc: ImageEncoding, logits: torch.Tensor, iou: torch.Tensor, boxes: np.ndarray, crop: CropBox, counters: _Counters
+        self,
+        enc: ImageEncoding,
+        logits: torch.Tensor,
+        iou: torch.Tensor,
+        boxes: np.ndarray,
+        rows: np.ndarray,
+        crop: CropBox,
+        counters: _Counters,
     ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Prompt again with each mask's own box (grown by refine_margin); keep whichever has the higher
-        predicted IoU."""
+        """Prompt the masks of ``rows`` again with their own tight box (grown by refine_margin); keep, per row,
+        whichever of the two masks has the higher predicted IoU."""
         t0 = time.perf_counter()
         h, w = crop.hw
-        tight = lowres_boxes(logits[:, 0], enc.transform, self.predictor.config)
+        tight = lowres_boxes(logits[torch.as_tensor(rows), 0], enc.transform, self.predictor.config)
         valid = tight[:, 2] >= tight[:, 0]
         grow = np.maximum(2.0, self.refine_margin * np.stack([tight[:, 2] - tight[:, 0], tight[:, 3] - tight[:, 1]], 1))
         new = np.concatenate([tight[:, :2] - grow, tight[:, 2:] + grow], axis=1)
         new = np.clip(new, 0, [w - 1, h - 1, w - 1, h - 1])
         counters.post_s += time.perf_counter() - t0
-        idx = np.flatnonzero(valid)
-        if idx.size == 0:
+        rows, new = rows[valid], new[valid]
+        if rows.size == 0:
             return logits, iou, boxes
-        logits2, iou2 = self._decode(enc, boxes=new[idx], counters=counters)
-        better = (iou2[:, 0] > iou[torch.as_tensor(idx), 0]).cpu().numpy()
+        logits2, iou2 = self._decode(enc, boxes=new, counters=counters)
+        better = (iou2[:, 0] > iou[torch.as_tensor(rows), 0]).cpu().numpy()
         out_logits, out_iou, out_boxes = logits.clone(), iou.clone(), boxes.copy()
-        sel = idx[better]
-        out_logits[torch.as_tensor(sel)] = logits2[torch.as_tensor(np.flatnonzero(better))]
-        out_iou[torch.as_tensor(sel)] = iou2[torch.as_tensor(np.flatnonzero(better))]
-        out_boxes[sel] = new[sel]
+        sel, src = rows[better], torch.as_tensor(np.flatnonzero(better))
+        out_logits[torch.as_tensor(sel)] = logits2[src]
+        out_iou[torch.as_tensor(sel)] = iou2[src]
+        out_boxes[sel] = new[better]
         return out_logits, out_iou, out_boxes
 
     def _nms(self, candidates: list[_Candidate], scores: np.ndarray, iou: float) -> np.ndarray:
