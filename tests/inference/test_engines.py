@@ -63,7 +63,17 @@ def test_options_validate_and_resolve(monkeypatch):
     resolved = ExecutionOptions().resolve("cpu")
     assert (resolved.backend, resolved.precision) == ("onnxruntime", "fp32") and resolved.threads >= 1
     assert ExecutionOptions().resolve("cuda:0").backend == "torch"
-    assert ExecutionOptions("bf16", "openvino", 3).resolve("cpu") == ExecutionOptions("bf16", "openvino", 3)
+    assert ExecutionOptions("bf16", "openvino", 3).resolve("cpu") == ExecutionOptions("bf16", "openvino", 3, "bf16")
+    assert ExecutionOptions("int8", "openvino", 3).resolve("cpu").decoder_precision == "fp32"
+    assert resolved.decoder_precision == "fp32"  # onnxruntime has no bf16
+    monkeypatch.setattr(options_module, "engine_installed", lambda name: True)
+    for native, decoder in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(options_module, "cpu_has_native_bf16", lambda native=native: native)
+        auto = ExecutionOptions().resolve("cpu")
+        assert (auto.backend, auto.precision, auto.decoder_precision) == ("openvino", "fp32", decoder)
+    assert not ExecutionOptions("fp32", "torch", decoder_precision="bf16").is_exact
+    with pytest.raises(OptionsError, match="decoder_precision"):
+        ExecutionOptions(decoder_precision="int8")
 
 
 def test_exact_path_is_the_model_itself(tiny_lite, cache):
