@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +38,11 @@ class CoreDecoder:
         masks, iou = self.core(embeddings.float(), sparse.float(), dense.float().contiguous())
         keep = slice(1, None) if multimask else slice(0, 1)
         return masks[:, keep], iou[:, keep]
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    """A contiguous float32 numpy view (or copy) of a tensor, for the ONNX engines' inputs."""
+    return np.ascontiguousarray(x.detach().cpu().float().numpy())
 
 
 def import_engine(module: str, extra: str = "speed"):

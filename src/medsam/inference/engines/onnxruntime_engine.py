@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from medsam.inference.engines.base import import_engine
+from medsam.inference.engines.base import import_engine, to_numpy as _np
 
 
 def make_session(path: Path, threads: int):
@@ -19,10 +18,6 @@ def make_session(path: Path, threads: int):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _np(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().cpu().float().numpy())
 
 
 class OnnxRuntimeEncoder:

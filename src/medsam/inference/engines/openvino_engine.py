@@ -9,12 +9,13 @@ model and the configuration itself).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medsam.inference.engines.base import import_engine
+from medsam.inference.engines.base import import_engine, to_numpy as _np
 
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}
 
@@ -33,28 +34,28 @@ def compile_model(path: Path, precision: str, threads: int, cache_dir: Path | No
     return core.compile_model(str(path), "CPU", config)
 
 
-def _np(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().cpu().float().numpy())
-
-
 class OpenVINOEncoder:
     def __init__(self, path: Path, precision: str, threads: int, cache_dir: Path | None) -> None:
         self.compiled = compile_model(path, precision, threads, cache_dir)
         self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: one call at a time (e.g. a server's threads)
         self.name = f"openvino {precision}"
         self.cache_tag = f"openvino-{precision}"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.request.infer({"images": _np(images)})
-        return torch.from_numpy(np.array(out["embeddings"])).to(images.device)
+        with self.lock:
+            out = self.request.infer({"images": _np(images)})
+            return torch.from_numpy(np.array(out["embeddings"])).to(images.device)
 
 
 class OpenVINODecoderCore:
     def __init__(self, path: Path, precision: str, threads: int, cache_dir: Path | None) -> None:
         self.compiled = compile_model(path, precision, threads, cache_dir)
         self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()
 
     def __call__(self, embeddings, sparse, dense):
-        out = self.request.infer({"embeddings": _np(embeddings), "sparse": _np(sparse), "dense": _np(dense)})
         dev = embeddings.device
-        return torch.from_numpy(np.array(out["masks"])).to(dev), torch.from_numpy(np.array(out["iou"])).to(dev)
+        with self.lock:
+            out = self.request.infer({"embeddings": _np(embeddings), "sparse": _np(sparse), "dense": _np(dense)})
+            return torch.from_numpy(np.array(out["masks"])).to(dev), torch.from_numpy(np.array(out["iou"])).to(dev)

@@ -13,8 +13,8 @@
   decoder's at DSC >= 0.99 on the development images; it takes about 0.6x of the fp32 decoder's time).
 
 bf16 (``precision="bf16"``, CLI ``--precision bf16``) is the fastest path where the CPU computes bf16
-natively (AVX512-BF16 / AMX; ``cpu_has_native_bf16()``), about 4.5x faster than the exact path with
-OpenVINO, but it is not the default: its embeddings differ from fp32 by about 6% (relative norm) on real
+natively (AVX512-BF16 / AMX; ``cpu_has_native_bf16()``): with OpenVINO its encoder is about 5x faster than
+the exact path's (OpenVINO fp32: about 2.2-2.6x), but it is not the default: its embeddings differ from fp32 by about 6% (relative norm) on real
 images, which leaves most masks unchanged (DSC >= 0.98 against fp32) but moves some ambiguous ones (6 of 50
 CT organ masks between 0.80 and 0.97), while the mean DSC against the ground truth stays within 0.003.
 benchmarks/speed.py measures all of this. ``precision="fp32", backend="torch"`` (CLI ``--precision fp32
