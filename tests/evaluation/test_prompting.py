@@ -14,14 +14,15 @@ from medsam.types import Box
 @pytest.mark.parametrize(
     "text, kind, count, shown",
     [("box", "box", 0, "box"), ("Jitter", "jitter", 0, "jitter"), ("points", "points", 1, "points"),
-     ("points:3", "points", 3, "points:3"), ("clicks:5", "clicks", 5, "clicks:5")],
+     ("points:3", "points", 3, "points:3"), ("clicks:5", "clicks", 5, "clicks:5"),
+     ("clicks:2:nologits", "clicks", 2, "clicks:2:nologits")],
 )
 def test_prompt_spec_parses(text, kind, count, shown):
     spec = PromptSpec.parse(text)
     assert (spec.kind, spec.count, str(spec)) == (kind, count, shown)
 
 
-@pytest.mark.parametrize("text", ["clicks", "clicks:0", "clicks:x", "box:2", "lasso", "points:-1"])
+@pytest.mark.parametrize("text", ["clicks", "clicks:0", "clicks:x", "box:2", "lasso", "points:-1", "box:nologits"])
 def test_bad_prompt_specs_are_prompt_errors(text):
     with pytest.raises(PromptError):
         PromptSpec.parse(text)
@@ -91,3 +92,11 @@ def test_clicks_land_at_the_centre_of_the_largest_error_and_record_dsc():
         assert box == start.box and len(points) == i and mask_input is model.outputs[i - 1].low_res_logits
     assert trace.prompt.kind == "clicks" and trace.prompt.n_clicks == 2
     assert np.array_equal(trace.final.mask, model.reference)
+
+
+def test_clicks_without_fed_back_logits():
+    model = ScriptedModel()
+    start = SimulatedPrompt("box", seed=0, box=Box(5, 5, 34, 34))
+    trace = simulate_clicks(model, model.reference, start, 2, feed_logits=False)
+    assert [c[2] for c in model.calls] == [None, None, None] and trace.dsc_per_click[-1] == 1.0
+    assert not PromptSpec.parse("clicks:2:nologits").feed_logits and PromptSpec.parse("clicks:2").feed_logits

@@ -39,7 +39,7 @@ def predict_image(predictor: Predictor, encoding: ImageEncoding, loaded: LoadedC
 
     t0 = time.perf_counter()
     if spec.kind == "clicks":
-        trace = simulate_clicks(predict, loaded.reference, start, spec.n_clicks)
+        trace = simulate_clicks(predict, loaded.reference, start, spec.n_clicks, feed_logits=spec.feed_logits)
         seconds = time.perf_counter() - t0
         note = ""
         if len(trace.clicks) < spec.n_clicks:

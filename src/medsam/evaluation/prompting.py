@@ -4,7 +4,9 @@ Prompt kinds (``PromptSpec.parse``):
 - ``box``: the tight ground-truth box (or the box that came with the data, e.g. CVPR24 ``boxes``);
 - ``jitter``: the tight box with each side moved out by 0..20 px (MedSAM's training jitter), seeded per case;
 - ``points`` / ``points:N``: N positive points inside the object (default 1), seeded per case;
-- ``clicks:N``: start from the tight box, then N corrective clicks (:func:`simulate_clicks`).
+- ``clicks:N``: start from the tight box, then N corrective clicks (:func:`simulate_clicks`), each prediction
+  getting the previous low-res logits as mask_input; ``clicks:N:nologits`` gives the clicks without them
+  (LiteMedSAM was not trained with mask prompts: on the dev set the fed-back logits lower its DSC).
 Volumes get a 3D prompt whatever the 2D kind: the 3D box (``box3d``) or the tight box on the slice with
 the largest area (``key_slice``), chosen by ``volume_prompt``.
 
@@ -36,17 +38,22 @@ class PromptSpec:
     count: int = 0
     volume_prompt: VolumePrompt = "box3d"
     max_shift_px: int = 20
+    feed_logits: bool = True
 
     @classmethod
     def parse(cls, text: "str | PromptSpec", *, volume_prompt: str = "box3d") -> "PromptSpec":
-        """``box``, ``jitter``, ``points``, ``points:N`` or ``clicks:N`` (N >= 1); anything else is a PromptError."""
+        """``box``, ``jitter``, ``points``, ``points:N``, ``clicks:N`` or ``clicks:N:nologits`` (N >= 1); anything
+        else is a PromptError."""
         if isinstance(text, PromptSpec):
             return text
         if volume_prompt not in VOLUME_PROMPTS:
             raise PromptError(f"volume prompt {volume_prompt!r}: use box3d (the 3D box) or key_slice (the largest slice's box)")
         raw = str(text).strip().lower()
+        feed_logits = True
+        if raw.startswith("clicks:") and raw.endswith(":nologits"):
+            raw, feed_logits = raw[: -len(":nologits")], False
         name, _, number = raw.partition(":")
-        hint = "use box, jitter, points, points:N or clicks:N (e.g. clicks:3)"
+        hint = "use box, jitter, points, points:N, clicks:N or clicks:N:nologits (e.g. clicks:3)"
         if name not in ("box", "jitter", "points", "clicks"):
             raise PromptError(f"prompt {text!r} is unknown; {hint}")
         if name in ("box", "jitter") and number:
@@ -61,9 +68,11 @@ class PromptSpec:
                 raise PromptError(f"prompt {text!r}: {number!r} is not a whole number; {hint}") from None
             if count < 1:
                 raise PromptError(f"prompt {text!r}: give at least 1 {name[:-1]}")
-        return cls(name, count, volume_prompt)  # type: ignore[arg-type]
+        return cls(name, count, volume_prompt, feed_logits=feed_logits)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
+        if self.kind == "clicks" and not self.feed_logits:
+            return f"clicks:{self.count}:nologits"
         if self.kind == "clicks" or (self.kind == "points" and self.count != 1):
             return f"{self.kind}:{self.count}"
         return self.kind
@@ -119,10 +128,13 @@ class ClickTrace:
     final: StepOutput
 
 
-def simulate_clicks(predict: PredictFn, reference: np.ndarray, start: SimulatedPrompt, n_clicks: int) -> ClickTrace:
+def simulate_clicks(
+    predict: PredictFn, reference: np.ndarray, start: SimulatedPrompt, n_clicks: int, *, feed_logits: bool = True
+) -> ClickTrace:
     """Predict from ``start``, then ``n_clicks`` times: click the centre of the largest error region
     (positive in a miss, negative in a false positive; :func:`medsam.training.prompts.corrective_click`) and
-    predict again from the start box plus all clicks so far, with the previous low-res logits as mask_input.
+    predict again from the start box plus all clicks so far, with the previous low-res logits as mask_input
+    (none when ``feed_logits`` is False).
     """
     out = predict(start.box, start.points, None)
     dscs = [dice(out.mask, reference)]
@@ -135,6 +147,6 @@ def simulate_clicks(predict: PredictFn, reference: np.ndarray, start: SimulatedP
             continue
         clicks.append(click)
         prompt = prompt.with_click(click)
-        out = predict(prompt.box, prompt.points, out.low_res_logits)
+        out = predict(prompt.box, prompt.points, out.low_res_logits if feed_logits else None)
         dscs.append(dice(out.mask, reference))
     return ClickTrace(prompt, tuple(clicks), tuple(float(d) for d in dscs), out)

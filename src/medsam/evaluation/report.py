@@ -234,7 +234,7 @@ def _report_text(
             "## Corrective clicks",
             "",
             "Mean DSC with the box only (0) and after each simulated click (at the centre of the largest error "
-            "region; previous logits fed back). [clicks.csv](clicks.csv)",
+            "region; the previous logits fed back as mask input unless the prompt ends in `:nologits`). [clicks.csv](clicks.csv)",
             "",
             "| run | dataset | n | " + " | ".join(f"DSC@{k}" for k in range(longest)) + " |",
             "|---|---|---|" + "---|" * longest,
