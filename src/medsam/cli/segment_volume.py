@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="intensity window: a CT name (soft_tissue, lung, bone, brain, liver, mediastinum), "
                         "W,L in HU (e.g. 400,40), percentile (MR), passthrough (uint8), or auto (default)")
     parser.add_argument("--mode", choices=_MODES, default="default",
-                        help="default: stops where the object ends; reference: the official LiteMedSAM 3D procedure")
+                        help="default: stops where the object ends; reference: the official LiteMedSAM 3D procedure "
+                        "(add --precision fp32 --backend torch for the official masks voxel for voxel)")
     parser.add_argument("--label", action="append", default=[], metavar="NAME",
                         help="name of each object in order (DICOM-SEG segment label / RT-STRUCT ROI name)")
     parser.add_argument("--montage", default=None, metavar="PNG", help="also write a PNG of key slices with outlines")
