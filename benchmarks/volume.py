@@ -2,6 +2,10 @@
 the default mode with 1 vs 3 objects (the encoder runs once per slice whatever the number of objects).
 
     python benchmarks/volume.py [--model lite_medsam] [--depth 200] [--size 512] [--batch-size 4] [--threads N]
+                                [--engine auto|exact]
+
+--engine auto (default) runs the model as `medsam segment-volume` does (medsam.inference.engines.make_predictor:
+OpenVINO where installed); exact runs the PyTorch fp32 model (the path the golden tests check).
 
 The phantom: a body ellipse of soft tissue (40 HU) in air (-1000 HU) with bone-like noise, and three ellipsoid
 "organs" (90-130 HU) about 60 slices long, windowed W400/L40 to uint8 as a CT would be. Each run is its own
@@ -69,12 +73,20 @@ def run_child(args: argparse.Namespace) -> dict:
     volume, labels = phantom(args.depth, args.size)
     model = build_model(args.model, device="cpu")
     counted = {"images": 0}
+    decoder, engine = None, "torch fp32 (exact)"
+    base_encode = model.encode
+    if args.engine != "exact":
+        from medsam.inference.engines import ExecutionOptions, make_engines
 
-    def encoder(batch):
+        engines = make_engines(model, ExecutionOptions(threads=args.threads))
+        base_encode, decoder = engines.encoder, engines.decoder
+        engine = str(engines.options)
+
+    def encoder(batch):  # counts the images that really go through the encoder
         counted["images"] += int(batch.shape[0])
-        return model.encode(batch)
+        return base_encode(batch)
 
-    predictor = Predictor(model, encoder=encoder)
+    predictor = Predictor(model, encoder=encoder, decoder=decoder)
     n_objects = 3 if args.child == "default_3obj" else 1
     prompts = []
     for value in range(1, n_objects + 1):
@@ -94,6 +106,7 @@ def run_child(args: argparse.Namespace) -> dict:
         dsc.append(2 * float((a & b).sum()) / float(a.sum() + b.sum()))
     return {
         "run": args.child,
+        "engine": engine,
         "objects": n_objects,
         "decoded": result.slices_visited,
         "encoded": result.slices_encoded,
@@ -113,17 +126,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=RUNS)
+    parser.add_argument("--engine", default="auto", choices=("auto", "exact"))
     parser.add_argument("--child", default=None, choices=RUNS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args)))
         return
-    print(f"phantom {args.size}x{args.size}x{args.depth}, model {args.model}, batch {args.batch_size}, "
+    print(f"phantom {args.size}x{args.size}x{args.depth}, model {args.model} ({args.engine}), batch {args.batch_size}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     rows = []
     for name in args.runs:
         cmd = [sys.executable, __file__, "--child", name, "--model", args.model, "--depth", str(args.depth),
-               "--size", str(args.size), "--batch-size", str(args.batch_size)]
+               "--size", str(args.size), "--batch-size", str(args.batch_size), "--engine", args.engine]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -137,6 +151,7 @@ def main() -> None:
         dsc = ", ".join(f"{d:.3f}" for d in r["dsc"])
         print(f"| {r['run']} | {r['objects']} | {r['decoded']} | {r['encoded']} | {r['seconds']:.1f} | "
               f"{r['s_per_slice']:.2f} | {r['peak_rss_mib']:.0f} | {dsc} |")
+    print(f"\nengine: {rows[0]['engine']}")
     by = {r["run"]: r for r in rows}
     if "reference" in by and "default_box3d" in by:
         print(f"\ndefault / reference seconds per slice: "
