@@ -91,6 +91,7 @@ def _read_ffmpeg(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], 
     except Exception as exc:  # imageio raises OSError/RuntimeError/ValueError depending on the failure
         raise InputError(f"{path} cannot be opened as a video ({_first_line(exc)}); the file may be corrupt") from exc
     frames: list[np.ndarray] = []
+    meta: dict[str, Any] = {}
     try:
         meta = dict(reader.get_meta_data())
         for frame in reader:
@@ -100,7 +101,7 @@ def _read_ffmpeg(path: Path, max_frames: int | None) -> tuple[list[np.ndarray], 
     except Exception as exc:
         if not frames:
             raise InputError(f"{path}: decoding failed ({_first_line(exc)}); the file may be corrupt") from exc
-        meta = {"warning": f"decoding stopped after {len(frames)} frames: {_first_line(exc)}"}
+        meta["warning"] = f"decoding stopped after {len(frames)} frames: {_first_line(exc)}"
     finally:
         reader.close()
     fps = meta.get("fps") or 10.0
