@@ -174,4 +174,7 @@ def load_into(model: nn.Module, checkpoint: LoadedCheckpoint, *, model_name: str
             f"The file looks like {describe_architecture(state)}; choose the matching --model "
             "(see `medsam models`)"
         )
-    model.load_state_dict(state, strict=True)
+    # assign=True adopts the loaded tensors instead of copying them into freshly initialised ones: the copy
+    # costs more than half a second for LiteMedSAM and start-up time matters. Dtypes follow the model.
+    state = {k: v.to(expected[k].dtype) if v.dtype != expected[k].dtype else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
