@@ -76,6 +76,7 @@ def _no_outputs(tmp_path, keep=("disc.png",)):
         (["--points-per-batch", "0"], "points_per_batch"),
         (["--pred-iou", "2"], "pred_iou_thresh"),
         (["--slice", "3"], "--slice is for volumes"),
+        (["--anchors", "2:x"], "SIZE[:STRIDE[:r]]"),
         (["--model", "nope"], "unknown model"),
     ],
 )

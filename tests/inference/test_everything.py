@@ -412,6 +412,17 @@ def test_bad_images_are_input_errors(tiny_lite, image, message):
         AutomaticSegmenter(tiny_lite, grid=2).generate(image)
 
 
+def test_parse_and_format_anchors():
+    from medsam.inference.everything import DEFAULT_ANCHORS, format_anchors, parse_anchors
+
+    assert parse_anchors("1.25,2.5:2:r,5:2:r") == DEFAULT_ANCHORS
+    assert format_anchors(DEFAULT_ANCHORS) == "1.25,2.5:2:r,5:2:r"
+    assert parse_anchors(" 3 : 1 : refine ") == (BoxAnchor(3.0, 1, True),)
+    for bad in ("", "a", "1:2:3", "1:x"):
+        with pytest.raises(InputError):
+            parse_anchors(bad)
+
+
 def test_prompt_mode_follows_the_model(tiny_lite):
     assert AutomaticSegmenter(tiny_lite).prompt_mode == "points"  # a random test model: SAM's way
     assert AutomaticSegmenter(tiny_lite, prompt_mode="boxes").prompt_mode == "boxes"
@@ -420,7 +431,6 @@ def test_prompt_mode_follows_the_model(tiny_lite):
 @pytest.mark.slow
 def test_lite_medsam_finds_organs_on_a_ct_slice(lite_medsam, shared_dir):
     from medsam.io.raster import read_image
-    from medsam.metrics import iou as iou_metric  # noqa: F401  (metrics room present)
 
     data = shared_dir / "data" / "ct_slices"
     image = read_image(data / "images" / "s0114_111.png")
@@ -428,13 +438,13 @@ def test_lite_medsam_finds_organs_on_a_ct_slice(lite_medsam, shared_dir):
     assert seg.prompt_mode == "boxes"
     result = seg.run(image)
     assert result.stats.skipped_background > 0
-    assert len(result.instances) >= 5
-    hits = 0
-    for name in ("aorta", "vertebrae_T9", "heart_ventricle_left"):
+    assert 5 <= len(result.instances) <= 150
+    organs = ("aorta", "heart_atrium_right", "lung_lower_lobe_left", "lung_lower_lobe_right")
+    best = []
+    for name in organs:
         gt = read_image(data / "masks" / f"s0114_111_{name}_000.png") > 0
-        best = max((inst.mask & gt).sum() / (inst.mask | gt).sum() for inst in result.instances)
-        hits += best >= 0.5
-    assert hits >= 2
+        best.append(max((inst.mask & gt).sum() / (inst.mask | gt).sum() for inst in result.instances))
+    assert sum(b >= 0.5 for b in best) >= 3, dict(zip(organs, best))
 
 
 # --- the shared-embedding decoder -----------------------------------------------------------------------

@@ -4,6 +4,7 @@
     medsam everything ct.nii.gz --slice 40 --window soft_tissue -o labels.png
     medsam everything cells.tif --grid 32 --min-area 30 -o labels.png
 
+LiteMedSAM and MedSAM get box prompts (they were trained with boxes only); SAM models get point prompts.
 A 2D image (PNG, JPEG, TIFF, BMP) or one slice of a volume (DICOM folder, NIfTI, NRRD, MHA, npz; --slice Z,
 the middle one by default, windowed with --window) goes through
 :class:`medsam.inference.everything.AutomaticSegmenter`. Outputs: a label map (object i has value i, the
@@ -39,14 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     vol.add_argument("--window", default="auto", help="intensity window for a volume: soft_tissue, lung, bone, brain, W,L, percentile or auto (default)")
     vol.add_argument("--series-uid", default=None, help="DICOM series to read when a folder holds several")
     amg = parser.add_argument_group("proposals")
-    amg.add_argument("--grid", type=int, default=16, help="points per side of the prompt grid (default 16)")
+    amg.add_argument("--grid", type=int, default=16, help="points per side of the prompt grid (default 16); box prompts are sized in grid spacings, so a denser grid also means smaller boxes (e.g. 32 for cells)")
     amg.add_argument("--points-per-batch", type=int, default=64, help="prompts per decoder call (default 64)")
-    amg.add_argument("--pred-iou", type=float, default=None, help="keep masks whose predicted IoU exceeds this (default: per prompt mode)")
-    amg.add_argument("--stability", type=float, default=None, help="keep masks with a stability score at least this (default: per prompt mode)")
+    amg.add_argument("--pred-iou", type=float, default=None, help="keep masks whose predicted IoU exceeds this (default 0.75 with box prompts (LiteMedSAM, MedSAM), 0.88 with point prompts (SAM))")
+    amg.add_argument("--stability", type=float, default=None, help="keep masks with a stability score at least this (default 0.7 with box prompts, 0.95 with point prompts)")
     amg.add_argument("--nms", type=float, default=0.7, help="IoU above which the weaker of two masks is dropped (default 0.7)")
-    amg.add_argument("--nms-mode", choices=("box", "mask"), default=None, help="compare boxes (SAM) or masks (keeps nested structures); default: per prompt mode")
+    amg.add_argument("--nms-mode", choices=("box", "mask"), default=None, help="compare boxes (SAM's way, the default) or masks (keeps nested structures whose boxes coincide)")
     amg.add_argument("--min-area", type=int, default=None, metavar="PX", help="drop holes, islands and objects smaller than this (default 0.02%% of the image)")
     amg.add_argument("--crop-layers", type=int, default=0, help="also run on 4 (1) or 4+16 (2) overlapping tiles for small structures (default 0)")
+    amg.add_argument("--anchors", default=None, metavar="SIZE[:STRIDE[:r]],...",
+                     help="box prompts (LiteMedSAM, MedSAM): sides in grid spacings, each on every STRIDE-th grid point, "
+                     "r = prompt again with the mask's own box; default 1.25,2.5:2:r,5:2:r (organs); 1.25,2.5 suits dense cells")
     amg.add_argument("--prompt-mode", choices=("auto", "points", "boxes"), default="auto", help="auto: boxes for LiteMedSAM/MedSAM (box-trained), points for SAM")
     amg.add_argument("--no-skip-background", action="store_true", help="prompt the background too")
     amg.add_argument("--no-progressive", action="store_true", help="prompt every grid point even inside masks already found")
@@ -88,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
         write_label_png,
         write_rgb_png,
     )
-    from medsam.inference.everything import AutomaticSegmenter
+    from medsam.inference.everything import DEFAULT_ANCHORS, AutomaticSegmenter, format_anchors, parse_anchors
     from medsam.io.atomic import check_writable
 
+    anchors = parse_anchors(args.anchors) if args.anchors else DEFAULT_ANCHORS
     outputs = [p for p in (args.output, args.overlay, args.json_path) if p]
     if len({str(Path(p).expanduser().resolve()) for p in outputs}) != len(outputs):
         from medsam.errors import OutputError
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         min_area_px=args.min_area,
         crop_layers=args.crop_layers,
         prompt_mode=args.prompt_mode,
+        anchors=anchors,
         skip_background=not args.no_skip_background,
         progressive=not args.no_progressive,
     )
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": model.spec.name,
                 "slice": z,
                 "prompt_mode": segmenter.prompt_mode,
+                "anchors": format_anchors(segmenter.anchors) if segmenter.prompt_mode == "boxes" else None,
                 "grid": segmenter.grid,
                 "pred_iou_thresh": segmenter.pred_iou_thresh,
                 "stability_thresh": segmenter.stability_thresh,

@@ -18,6 +18,7 @@ The algorithm is SAM's automatic mask generation, adapted to medical images and 
    mask covering at most ``cover_max_frac`` of the foreground (so a whole-body mask does not hide the
    organs in it); for box prompts, inside a mask of about the box's size (within ``cover_scale_ratio``),
    so a point in a found organ is still tried with much smaller boxes (its parts) and larger ones.
+   Only masks with a predicted IoU of at least ``cover_min_iou`` cover points.
 4. The prompt depends on the model (``prompt_mode``). SAM models get one positive point and return three
    masks (whole, part, sub-part). LiteMedSAM and MedSAM were trained with boxes only and return noise
    for a lone point, so grid points get square boxes (``anchors``): each :class:`BoxAnchor` has a side
@@ -80,6 +81,7 @@ class ModeDefaults:
     pred_iou_thresh: float
     stability_thresh: float
     nms_mode: NmsMode
+    cover_min_iou: float
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,41 @@ class BoxAnchor:
 DEFAULT_ANCHORS = (BoxAnchor(1.25, 1, False), BoxAnchor(2.5, 2, True), BoxAnchor(5.0, 2, True))
 
 
+def parse_anchors(text: str) -> tuple[BoxAnchor, ...]:
+    """Anchors from text: comma-separated ``SIZE[:STRIDE[:r]]`` (``r`` = refine), e.g. the default
+    ``"1.25,2.5:2:r,5:2:r"``; dense small objects (cells at ``--grid 32``) do better with ``"1.25,2.5"``."""
+    anchors = []
+    for part in [p.strip() for p in str(text).split(",") if p.strip()]:
+        fields = [f.strip() for f in part.split(":")]
+        try:
+            if len(fields) > 3 or (len(fields) == 3 and fields[2].lower() not in ("r", "refine")):
+                raise ValueError
+            size = float(fields[0])
+            stride = int(fields[1]) if len(fields) > 1 and fields[1] else 1
+        except ValueError:
+            raise InputError(
+                f"anchors {text!r}: {part!r} is not SIZE[:STRIDE[:r]] (a box side in grid spacings, every "
+                "STRIDE-th grid point, r to refine), e.g. \"1.25,2.5:2:r,5:2:r\""
+            ) from None
+        anchors.append(BoxAnchor(size, stride, len(fields) == 3))
+    if not anchors:
+        raise InputError(f"anchors {text!r}: give at least one SIZE[:STRIDE[:r]]")
+    return tuple(anchors)
+
+
+def format_anchors(anchors: Sequence[BoxAnchor]) -> str:
+    return ",".join(f"{a.size:g}" + (f":{a.stride}" if a.stride != 1 or a.refine else "") + (":r" if a.refine else "") for a in anchors)
+
+
 #: points: SAM's own defaults. boxes: measured on LiteMedSAM and the CT slices of ../shared
 #: (benchmarks/everything.py): its predicted IoUs and stability scores for box prompts run lower than SAM's
 #: for points (the masks that match an organ score 0.7-0.9 and 0.65-0.9), and SAM's 0.88 / 0.95 keep
-#: nothing at all; 0.75 / 0.7 keep every organ the prompts find.
+#: nothing at all; 0.75 / 0.7 keep every organ the prompts find. Only masks of predicted IoU >= cover_min_iou
+#: mark their points as covered for progressive sampling: with 0.75, doubtful masks hid two of the eight
+#: organs of a pelvis slice; with 0.85 none.
 MODE_DEFAULTS = {
-    "points": ModeDefaults(0.88, 0.95, "box"),
-    "boxes": ModeDefaults(0.75, 0.7, "box"),
+    "points": ModeDefaults(0.88, 0.95, "box", 0.88),
+    "boxes": ModeDefaults(0.75, 0.7, "box", 0.85),
 }
 
 
@@ -249,6 +279,7 @@ class AutomaticSegmenter:
         progressive: bool = True,
         cover_max_frac: float = 0.25,
         cover_scale_ratio: float = 2.0,
+        cover_min_iou: float | None = None,
         prompt_mode: PromptMode = "auto",
         anchors: Sequence[BoxAnchor] = DEFAULT_ANCHORS,
         refine_margin: float = 0.05,
@@ -313,6 +344,9 @@ class AutomaticSegmenter:
         if not cover_scale_ratio >= 1:
             raise InputError(f"cover_scale_ratio {cover_scale_ratio}: must be 1 or more (2 is typical)")
         self.cover_scale_ratio = float(cover_scale_ratio)
+        if cover_min_iou is not None:
+            _check_fraction("cover_min_iou", cover_min_iou)
+        self.cover_min_iou = defaults.cover_min_iou if cover_min_iou is None else float(cover_min_iou)
         self.anchors: tuple[BoxAnchor, ...] = anchors
         self.refine_margin = float(refine_margin)
         self.encode_batch = int(encode_batch)
@@ -438,6 +472,8 @@ class AutomaticSegmenter:
             candidates.extend(found)
             if self.progressive:
                 for c in found:
+                    if c.predicted_iou < self.cover_min_iou:
+                        continue
                     for k in self._covered_maps(c.patch.area, fg_area, box_sides):
                         x0, y0, x1, y1 = c.patch.box
                         covered[k, y0 : y1 + 1, x0 : x1 + 1] |= c.patch.pixels
