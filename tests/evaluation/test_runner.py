@@ -182,3 +182,23 @@ def test_paired_folders_evaluate(tmp_path, tiny_lite):
     res = evaluate(tmp_path / "pairs", [tiny_lite], prompt="points:2", progress=False)
     assert [r.status for r in res.rows] == ["ok", "ok"] and {r.dataset for r in res.rows} == {"pairs"}
     assert all(len(json.loads(r.prompt_json)["points"]["labels"]) == 2 for r in res.rows)
+
+
+def test_clicks_follow_the_model_refinement_unless_the_prompt_names_one(manifest, tiny_lite):
+    import dataclasses
+
+    from medsam.models.registry import build_model
+
+    box_trained = build_model("tiny_lite", device="cpu")  # the same random weights, told it was box-trained
+    box_trained.spec = dataclasses.replace(box_trained.spec, refinement="box_update")
+    named = evaluate(manifest, [tiny_lite], prompt=["box", "clicks:2:box", "clicks:2"], datasets=["discs"], progress=False)
+    own = evaluate(manifest, [box_trained], prompt=["clicks:2", "clicks:2:sam"], datasets=["discs"], progress=False)
+    assert [r.label for r in named.runs] == ["tiny_lite/default/box", "tiny_lite/default/clicks:2:box", "tiny_lite/default/clicks:2"]
+    assert all(r.status == "ok" for r in named.rows + own.rows)
+    def dsc(res, run):
+        return np.array([r.dsc_per_click for r in sorted(res.rows_of(run), key=lambda r: r.case)])
+
+    box_dsc = [r.dsc for r in sorted(named.rows_of("tiny_lite/default/box"), key=lambda r: r.case)]
+    assert np.allclose(dsc(named, "tiny_lite/default/clicks:2:box")[:, 0], box_dsc)  # click 0: the box prediction
+    assert np.allclose(dsc(own, "tiny_lite/default/clicks:2"), dsc(named, "tiny_lite/default/clicks:2:box"))
+    assert np.allclose(dsc(own, "tiny_lite/default/clicks:2:sam"), dsc(named, "tiny_lite/default/clicks:2"))

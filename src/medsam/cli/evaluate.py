@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="weights file for --model; with several models give one per model in order ('-' = the variant's own)")
     parser.add_argument("--prompt", action="append", default=None, metavar="KIND",
                         help="box (tight box, default), jitter (0-20 px per side), points[:N], clicks:N (box + N corrective clicks, "
-                        "previous logits fed back; clicks:N:nologits without them); repeatable")
+                        "turned into prompts by the model's refinement strategy: box_update for LiteMedSAM/MedSAM, the SAM recipe "
+                        "for SAM); clicks:N:sam (box + clicks as points + previous logits), clicks:N:nologits (without the "
+                        "logits), clicks:N:box (box_update for any model); repeatable")
     parser.add_argument("--mode", action="append", default=None, metavar="MODE",
                         help="3D propagation mode: default and/or reference (repeatable or comma list); 2D cases do not depend on it")
     parser.add_argument("--volume-prompt", choices=("box3d", "key_slice"), default="box3d",

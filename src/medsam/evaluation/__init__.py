@@ -15,7 +15,7 @@ The CLI is ``medsam evaluate`` (medsam.cli.evaluate).
 
 from medsam.evaluation.cases import Case, load_cases, read_manifest, read_npz_folder, read_paired_folders
 from medsam.evaluation.loading import CaseLoader, CaseProblem, LoadedCase
-from medsam.evaluation.prompting import ClickTrace, PromptSpec, StepOutput, simulate_clicks
+from medsam.evaluation.prompting import ClickTrace, PromptSpec, StepOutput, simulate_clicks, simulate_refinement
 from medsam.evaluation.results import CaseResult, ClickCurve, EvaluationResult, EvaluationSettings, RunInfo, RunSummary
 from medsam.evaluation.runner import ModelChoice, RunSpec, evaluate
 
@@ -41,4 +41,5 @@ __all__ = [
     "read_npz_folder",
     "read_paired_folders",
     "simulate_clicks",
+    "simulate_refinement",
 ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medsam.evaluation.loading import LoadedCase
-from medsam.evaluation.prompting import PromptSpec, StepOutput, simulate_clicks
+from medsam.evaluation.prompting import PromptSpec, StepOutput, simulate_clicks, simulate_refinement
 from medsam.inference.predictor import ImageEncoding, Predictor
 from medsam.training.prompts import SimulatedPrompt
 from medsam.types import Box, Points
@@ -28,7 +28,8 @@ class Outcome:
 
 
 def predict_image(predictor: Predictor, encoding: ImageEncoding, loaded: LoadedCase, spec: PromptSpec, seed: int) -> Outcome:
-    """Simulate ``spec``'s prompt on the case's reference and predict (with corrective clicks for clicks:N)."""
+    """Simulate ``spec``'s prompt on the case's reference and predict (with corrective clicks for clicks:N, turned
+    into prompts by the model's refinement strategy unless the spec names one)."""
     given = loaded.case.box if isinstance(loaded.case.box, Box) else None
     start = spec.for_image(loaded.reference, seed, given)
 
@@ -39,7 +40,14 @@ def predict_image(predictor: Predictor, encoding: ImageEncoding, loaded: LoadedC
 
     t0 = time.perf_counter()
     if spec.kind == "clicks":
-        trace = simulate_clicks(predict, loaded.reference, start, spec.n_clicks, feed_logits=spec.feed_logits)
+        from medsam.inference.refine import Refiner, strategy_of
+
+        strategy = strategy_of(predictor.model, spec.refinement)
+        if strategy == "sam":
+            trace = simulate_clicks(predict, loaded.reference, start, spec.n_clicks, feed_logits=spec.feed_logits)
+        else:
+            predictor.set_encoding(encoding)
+            trace = simulate_refinement(Refiner(predictor, strategy), loaded.reference, start, spec.n_clicks)
         seconds = time.perf_counter() - t0
         note = ""
         if len(trace.clicks) < spec.n_clicks:

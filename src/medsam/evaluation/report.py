@@ -234,7 +234,9 @@ def _report_text(
             "## Corrective clicks",
             "",
             "Mean DSC with the box only (0) and after each simulated click (at the centre of the largest error "
-            "region; the previous logits fed back as mask input unless the prompt ends in `:nologits`). [clicks.csv](clicks.csv)",
+            "region), turned into prompts by the model's refinement strategy (`clicks:N`: box_update for box-trained "
+            "models such as LiteMedSAM, the SAM recipe for SAM) or the one the prompt names (`:sam` box + points + the "
+            "previous logits as mask input, `:nologits` without the logits, `:box` box_update). [clicks.csv](clicks.csv)",
             "",
             "| run | dataset | n | " + " | ".join(f"DSC@{k}" for k in range(longest)) + " |",
             "|---|---|---|" + "---|" * longest,

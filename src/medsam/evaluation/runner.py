@@ -117,7 +117,8 @@ def evaluate(
 
     data: a manifest CSV, a CVPR24 npz folder, a folder with images/ and masks/, or a list of Cases.
     models: names ("lite_medsam"), (name, checkpoint) pairs, ModelChoice, or models already built.
-    prompt: "box", "jitter", "points[:N]", "clicks:N" (or a list of them). mode: "default" and/or
+    prompt: "box", "jitter", "points[:N]", "clicks:N" (the model's refinement strategy), "clicks:N:sam" (box +
+    points + fed-back logits), "clicks:N:nologits", "clicks:N:box" (or a list of them). mode: "default" and/or
     "reference" (3D propagation). volume_prompt: "box3d" or "key_slice" for 3D cases.
     datasets / limit: keep these datasets / at most ``limit`` cases per dataset. seed: the run seed
     (each case's prompt seed is derived from it and the case id). tolerance: NSD tolerance (mm for
