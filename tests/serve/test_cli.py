@@ -25,10 +25,11 @@ def captured(monkeypatch):
 def test_serve_defaults_and_options(captured, tmp_path, data_root, capsys):
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 8000 and args.token is None and args.max_upload_mb == 512
+    assert args.refinement is None
     code = main([
         "serve", "--model", "tiny_lite", "--device", "cpu", "--port", "8123", "--data-root", str(data_root),
         "--sessions-dir", str(tmp_path / "s"), "--token", "abc", "--max-upload-mb", "3", "--prefetch", "0",
-        "--precision", "fp32", "--backend", "torch", "--threads", "1",
+        "--precision", "fp32", "--backend", "torch", "--threads", "1", "--refinement", "box_update",
     ])
     assert code == 0
     settings = captured["app"].state.medsam.settings
@@ -36,6 +37,7 @@ def test_serve_defaults_and_options(captured, tmp_path, data_root, capsys):
     assert settings.token == "abc" and settings.max_upload_mb == 3 and settings.data_root == data_root.resolve()
     assert settings.sessions_dir == tmp_path / "s" and (tmp_path / "s").is_dir()
     assert (settings.precision, settings.backend, settings.threads) == ("fp32", "torch", 1)
+    assert settings.refinement == "box_update"
     assert "#token=" in capsys.readouterr().out
 
 

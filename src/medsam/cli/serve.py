@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--decode-threads", type=int, default=1, help="torch threads for prompts (default 1: robust on shared cores)")
     parser.add_argument("--encode-threads", type=int, default=None, help="torch threads for encoding and propagation (default: all cores)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--refinement", default=None, choices=["box_update", "sam"],
+                        help="how clicks refine a mask: box_update (the model gets only a box; the clicks edit it and its "
+                        "logits) or sam (box + clicks as points + previous logits); default: the model's own "
+                        "(box_update for lite_medsam/medsam_vit_b, sam for SAM)")
     add_model_options(parser)
     parser.set_defaults(func=run)
 
@@ -68,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         precision=getattr(args, "precision", "auto"),
         backend=getattr(args, "backend", "auto"),
         threads=getattr(args, "threads", None),
+        refinement=args.refinement,
         **kwargs,
     )
     if not is_loopback(settings.host) and settings.token is None:

@@ -17,7 +17,8 @@ Endpoints (all under ``/api``; z is the slice index, 0 for a 2D image):
     GET    /sessions/{sid}/slices/{z}/image?window=  the slice as PNG (CT preset name, "W,L", percentile)
     POST   /sessions/{sid}/slices/{z}/encode         encode now (the page calls it on arrival)
     POST   /sessions/{sid}/slices/{z}/prompts        box and/or clicks -> mask (+ IoU, latency)
-    POST   /sessions/{sid}/slices/{z}/refine         more clicks; the previous logits are the mask prompt
+    POST   /sessions/{sid}/slices/{z}/refine         more clicks (box-trained models: the clicks edit the box and its
+                                                      logits, medsam.inference.refine; SAM: the previous logits are the mask prompt)
     POST   /sessions/{sid}/slices/{z}/undo | redo    step through the object's prompt history
     GET    /sessions/{sid}/slices/{z}/draft          the object's current mask
     POST   /sessions/{sid}/slices/{z}/accept         save the mask under a label name (and colour)
@@ -310,6 +311,9 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         predictor=build_predictor(model, settings),
     )
     state = ServerState(settings, engine, SessionRegistry(settings))
+    from medsam.inference.refine import strategy_of
+
+    refinement = strategy_of(model, settings.refinement)  # how /refine turns clicks into prompts
     if settings.warm_up:
         engine.warm_up()
 
@@ -533,6 +537,25 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         with session.lock:
             return mask_response(session, z, req.object_id, req.mask_format, started, *timings)
 
+    def _refine_step(session: Session, stack: ImageStack, z: int, object_id: int, new_points, new_labels) -> tuple[float, float, float, float]:
+        """/refine for box-trained models: continue the object's refinement (medsam.inference.refine) with the
+        clicks; the step echoes the person's box and all clicks, and keeps the refiner's state for the next one."""
+        enc, encode_ms = engine.encoding(stack, z)
+        with session.lock:
+            hist = session.drafts.get(z, object_id, create=True)
+            current = hist.current
+            box = None if current is None or current.box is None else np.asarray(current.box)
+            old_points = np.zeros((0, 2)) if current is None else current.points
+            old_labels = np.zeros(0, np.int64) if current is None else current.point_labels
+            decoded, refined = engine.refine(
+                enc, refinement, state=None if current is None else current.refine, box=box, points=old_points,
+                point_labels=old_labels, clicks=new_points, click_labels=new_labels,
+            )
+            points = np.concatenate([old_points, new_points])
+            labels = np.concatenate([old_labels, new_labels])
+            hist.push(PromptStep.make(box, points, labels, False, decoded.logits, decoded.iou, decoded.mask, refine=refined))
+        return encode_ms, decoded.decode_ms, decoded.wait_ms, decoded.decode_cpu_ms
+
     @app.post("/api/sessions/{sid}/slices/{z}/refine", response_model=S.MaskResponse, tags=["prompts"])
     def refine(sid: str, z: int, req: S.RefineRequest) -> S.MaskResponse:
         started = time.perf_counter()
@@ -543,6 +566,10 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         from medsam.types import Points
 
         Points(new_points, new_labels).validate(stack.hw, source="points")
+        if refinement == "box_update":
+            timings = _refine_step(session, stack, z, req.object_id, new_points, new_labels)
+            with session.lock:
+                return mask_response(session, z, req.object_id, req.mask_format, started, *timings)
         with session.lock:
             hist = session.drafts.get(z, req.object_id)
             current = hist.current if hist is not None else None

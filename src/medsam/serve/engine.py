@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -168,6 +168,49 @@ class ModelEngine:
             (got_lock - start) * 1000.0,
             cpu_ms,
         )
+
+    def refine(
+        self,
+        enc: ImageEncoding,
+        strategy: str,
+        *,
+        state: Any,
+        box: np.ndarray | None,
+        points: np.ndarray,
+        point_labels: np.ndarray,
+        clicks: np.ndarray,
+        click_labels: np.ndarray,
+    ) -> tuple[Decoded, Any]:
+        """Corrective clicks through ``medsam.inference.refine.Refiner`` (box-trained models): continue from
+        ``state`` (a RefineState) or, without one, start from the step's box and points; then add the clicks
+        (K, 2) in slice pixels. Returns the answer and the new RefineState."""
+        from medsam.inference.refine import Refiner
+        from medsam.types import Points
+
+        self.touch()
+        start = time.perf_counter()
+        with self.lock.hold(INTERACTIVE), threads(self.decode_threads):
+            got_lock = time.perf_counter()
+            cpu = time.thread_time()
+            self.predictor.set_encoding(enc)
+            refiner = Refiner(self.predictor, strategy)
+            pred = None
+            if state is not None:
+                pred = refiner.resume(state)
+            elif box is not None or len(points):
+                pred = refiner.start(box=box, points=Points(points, point_labels) if len(points) else None)
+            for (x, y), label in zip(np.asarray(clicks).reshape(-1, 2), np.asarray(click_labels).reshape(-1)):
+                if pred is None:  # no prompt yet: the first click starts one
+                    pred = refiner.start(points=Points(np.array([[x, y]]), np.array([label])))
+                else:
+                    pred = refiner.click(float(x), float(y), int(label))
+            cpu_ms = (time.thread_time() - cpu) * 1000.0
+        done = time.perf_counter()
+        decoded = Decoded(
+            pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]),
+            (done - got_lock) * 1000.0, (got_lock - start) * 1000.0, cpu_ms,
+        )
+        return decoded, refiner.state
 
     def warm_up(self) -> float:
         """One decode of each prompt kind on a blank embedding, so the first person's prompt does not pay

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +23,10 @@ class PromptStep:
     iou: float
     packed_mask: np.ndarray
     mask_hw: tuple[int, int]
+    refine: Any = None  # the RefineState of a box_update refinement (medsam.inference.refine), to continue from
 
     @classmethod
-    def make(cls, box, points, point_labels, used_mask_prompt, logits, iou, mask) -> "PromptStep":
+    def make(cls, box, points, point_labels, used_mask_prompt, logits, iou, mask, refine=None) -> "PromptStep":
         return cls(
             None if box is None else tuple(float(v) for v in box),
             np.asarray(points, dtype=np.float64).reshape(-1, 2),
@@ -34,6 +36,7 @@ class PromptStep:
             float(iou),
             np.packbits(np.asarray(mask, dtype=bool).reshape(-1)),
             tuple(mask.shape),
+            refine,
         )
 
     @property

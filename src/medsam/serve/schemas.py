@@ -141,8 +141,9 @@ class PromptRequest(_Model):
 
 
 class RefineRequest(_Model):
-    """More clicks on the object's current mask: they are added to its prompt and the previous low-res
-    logits become the mask prompt."""
+    """More clicks on the object's current mask: they are added to its prompt. Box-trained models (LiteMedSAM,
+    MedSAM) keep getting only the box: the clicks grow it and edit its mask (medsam.inference.refine); for SAM
+    the clicks become point prompts and the previous low-res logits the mask prompt."""
 
     object_id: int = Field(0, ge=0)
     points: list[list[float]] = Field(min_length=1, description="[[x, y], ...] in slice pixels")

@@ -50,6 +50,8 @@ class ServeSettings:
     precision / backend / threads: the execution engine (``medsam.inference.engines``): "auto" is the team's
         fast path (OpenVINO fp32 when installed: the same masks); precision "fp32" with backend "torch" is the
         exact eager path. ``threads`` is the engine's own thread count (OpenVINO/onnxruntime).
+    refinement: how /refine turns clicks into prompts (``medsam.inference.refine``): None = the model's own
+        (box_update for LiteMedSAM/MedSAM, sam for SAM), or "box_update" / "sam".
     """
 
     host: str = "127.0.0.1"
@@ -74,6 +76,7 @@ class ServeSettings:
     precision: str = "auto"
     backend: str = "auto"
     threads: int | None = None
+    refinement: str | None = None
 
     def __post_init__(self) -> None:
         if self.data_root is not None:
@@ -88,6 +91,8 @@ class ServeSettings:
             raise InputError(f"--max-upload-mb {self.max_upload_mb}: give a positive size in MiB")
         if self.prefetch_slices < 0:
             raise InputError("prefetch_slices cannot be negative")
+        if self.refinement not in (None, "model", "box_update", "sam"):
+            raise InputError(f"refinement {self.refinement!r}: use box_update or sam (or leave it unset for the model's own)")
 
     @property
     def max_upload_bytes(self) -> int:
