@@ -30,8 +30,10 @@ own logits for it:
 3. a negative click in a connected piece of the mask that is not the main one (the largest, or one holding a
    positive click) removes that whole piece.
 
-Click 0 is the model's plain box prediction. Measured on the 150 2D dev cases with LiteMedSAM (tight box,
-simulated corrective clicks; ``benchmarks/clicks.py``): see the figures in the module ``RefinePolicy`` doc.
+Click 0 is the model's plain box prediction. Measured with LiteMedSAM on 30 of the 2D dev cases (10 per
+dataset, tight box, the simulated corrective clicks of ``medsam evaluate``; ``benchmarks/clicks.py --limit 10``),
+mean DSC after 0..5 clicks: box_update 0.848 -> 0.915, 0.927, 0.933, 0.940, 0.948 (no case ends below its
+box-only DSC); the SAM recipe 0.848 -> 0.752, 0.705, 0.660, 0.637, 0.596 (97 % of cases end below it).
 
 Pure numpy below the Refiner (``apply_clicks``), so the rules are tested without a model.
 """
@@ -66,6 +68,7 @@ class RefinePolicy:
 
     region_radius: a click changes pixels no farther than this many times its distance to the mask edge
         (None: no disc, only the box and the connected logit region bound it).
+    removal_radius: the same bound for the region a negative click removes.
     min_radius_input_px: the smallest such distance, in model input pixels (scaled to the image).
     clip_to_box: positive regions stay inside the (grown) box; the box says where the object is.
     grow_box: a positive click outside the box grows it (else the click only adds its region).
