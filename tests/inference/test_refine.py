@@ -397,3 +397,23 @@ def test_start_points_without_a_box_are_honoured(predictor):
         assert pred.masks[0, 0, y, x] and refiner.state.prompt_box is None
         x2, y2 = first_pixel(pred.masks[0, 0] & ~region(pred.masks.shape[-2:], y, x))
         assert not refiner.click(x2, y2, 0).masks[0, 0, y2, x2] and refiner.prediction.masks[0, 0, y, x]
+
+
+@pytest.mark.slow
+def test_lite_medsam_clicks_raise_dsc_on_a_ct_slice(lite_medsam, shared_dir):
+    from medsam.evaluation import simulate_refinement
+    from medsam.io.raster import read_image
+    from medsam.training.prompts import SimulatedPrompt, tight_box
+
+    data = shared_dir / "data" / "ct_slices"
+    image = read_image(data / "images" / "amos_0004_75.png")
+    reference = read_image(data / "masks" / "amos_0004_75_liver_000.png") > 0
+    predictor = Predictor(lite_medsam)
+    predictor.set_image(image)
+    refiner = Refiner(predictor)
+    assert refiner.strategy == "box_update"  # LiteMedSAM was trained with boxes only
+    trace = simulate_refinement(refiner, reference, SimulatedPrompt("box", seed=0, box=tight_box(reference)), 3)
+    assert trace.dsc_per_click[-1] > trace.dsc_per_click[0], trace.dsc_per_click
+    assert all(b >= a - 1e-9 for a, b in zip(trace.dsc_per_click, trace.dsc_per_click[1:])), trace.dsc_per_click
+    for click in trace.clicks:
+        assert trace.final.mask[click.y, click.x] == bool(click.label)
