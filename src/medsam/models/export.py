@@ -5,7 +5,8 @@ Two graphs, both with a dynamic batch:
 - encoder: ``images`` (B, 3, S, S) normalised and padded -> ``embeddings`` (B, C, h, w); traced from the
   inference copy (BatchNorm folded, attention bias fixed, see ``medsam.models.optimize``);
 - decoder core (the token-layout ``FastMaskDecoder``): ``embeddings`` (B or 1, C, h, w), ``sparse`` (B, T, C) prompt tokens, ``dense`` (B, C, h, w)
-  dense prompt embeddings -> ``masks`` (B, M+1, 4h, 4w) low-res logits of every mask token and ``iou``
+  dense prompt embeddings (B, or 1 when no prompt has a mask: it then broadcasts, and the image-side work of
+  the first layer is done once for all B prompts) -> ``masks`` (B, M+1, 4h, 4w) low-res logits of every mask token and ``iou``
   (B, M+1). The dense positional encoding is a constant of the graph; the prompt encoder (a few sines of
   the box corners) stays in PyTorch. One embedding (1, C, h, w) broadcasts over B prompts.
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 OPSET = 17
-GRAPH_VERSION = 2  # bump when the exported graphs change, so cached exports are rebuilt
+GRAPH_VERSION = 3  # bump when the exported graphs change, so cached exports are rebuilt
 
 
 class DecoderCore(nn.Module):
@@ -75,6 +76,6 @@ def export_decoder(model: nn.Module, path: str | Path, *, opset: int = OPSET) ->
     example = (torch.zeros(2, c, h, w, device=dev), torch.zeros(2, 2, c, device=dev), torch.zeros(2, c, h, w, device=dev))
     path = Path(path)
     _export(core, example, path, ["embeddings", "sparse", "dense"], ["masks", "iou"],
-            {"embeddings": {0: "embedding_batch"}, "sparse": {0: "batch", 1: "tokens"}, "dense": {0: "batch"},
+            {"embeddings": {0: "embedding_batch"}, "sparse": {0: "batch", 1: "tokens"}, "dense": {0: "dense_batch"},
              "masks": {0: "batch"}, "iou": {0: "batch"}}, opset)
     return path

@@ -115,6 +115,8 @@ class FastMaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         h, w = image_embeddings.shape[-2:]
+        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]  # an expanded no-mask embedding: one copy broadcasts
         # (1 or B, C, h, w) + (B, C, h, w) broadcasts: one embedding serves every prompt
         keys = (image_embeddings + dense_prompt_embeddings).flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)  # (1, hw, C), broadcast over the prompts

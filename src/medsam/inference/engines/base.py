@@ -35,6 +35,9 @@ class CoreDecoder:
     def __call__(self, embeddings, boxes=None, points=None, point_labels=None, mask_input=None, multimask=False):
         pts = (points, point_labels) if points is not None else None
         sparse, dense = self.prompt_encoder(points=pts, boxes=boxes, masks=mask_input)
+        if mask_input is None:
+            # the same no-mask embedding for every prompt: one copy broadcasts (and layer 0's image side runs once)
+            dense = dense[:1]
         masks, iou = self.core(embeddings.float(), sparse.float(), dense.float().contiguous())
         keep = slice(1, None) if multimask else slice(0, 1)
         return masks[:, keep], iou[:, keep]
