@@ -151,7 +151,23 @@ def simulate_clicks(
     predict again from the start box plus all clicks so far, with the previous low-res logits as mask_input
     (none when ``feed_logits`` is False).
     """
-    out = predict(start.box, start.points, None)
+    first = predict(start.box, start.points, None)
+
+    def advance(prompt: SimulatedPrompt, click: Click, previous: StepOutput) -> StepOutput:
+        return predict(prompt.box, prompt.points, previous.low_res_logits if feed_logits else None)
+
+    return _click_loop(first, reference, start, n_clicks, advance)
+
+
+def _click_loop(
+    out: StepOutput,
+    reference: np.ndarray,
+    start: SimulatedPrompt,
+    n_clicks: int,
+    advance: Callable[[SimulatedPrompt, Click, StepOutput], StepOutput],
+) -> ClickTrace:
+    """The simulated user: after each prediction a click at the centre of the largest error region, which
+    ``advance(prompt with the click, click, previous output)`` turns into the next prediction."""
     dscs = [dice(out.mask, reference)]
     prompt = start
     clicks: list[Click] = []
@@ -162,7 +178,7 @@ def simulate_clicks(
             continue
         clicks.append(click)
         prompt = prompt.with_click(click)
-        out = predict(prompt.box, prompt.points, out.low_res_logits if feed_logits else None)
+        out = advance(prompt, click, out)
         dscs.append(dice(out.mask, reference))
     return ClickTrace(prompt, tuple(clicks), tuple(float(d) for d in dscs), out)
 
@@ -183,17 +199,5 @@ def simulate_refinement(refiner: ClickRefiner, reference: np.ndarray, start: Sim
     def step(pred: Prediction) -> StepOutput:
         return StepOutput(pred.masks[0, 0], pred.low_res_logits[:1, :1], float(pred.iou_scores[0, 0]))
 
-    out = step(refiner.start(box=start.box, points=start.points))
-    dscs = [dice(out.mask, reference)]
-    prompt = start
-    clicks: list[Click] = []
-    for _ in range(int(n_clicks)):
-        click = corrective_click(out.mask, reference)
-        if click is None:
-            dscs.append(dscs[-1])
-            continue
-        clicks.append(click)
-        prompt = prompt.with_click(click)
-        out = step(refiner.click(click.x, click.y, click.label))
-        dscs.append(dice(out.mask, reference))
-    return ClickTrace(prompt, tuple(clicks), tuple(float(d) for d in dscs), out)
+    first = step(refiner.start(box=start.box, points=start.points))
+    return _click_loop(first, reference, start, n_clicks, lambda _p, click, _prev: step(refiner.click(click.x, click.y, click.label)))
