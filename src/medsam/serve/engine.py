@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -143,12 +143,8 @@ class ModelEngine:
         multimask: bool = False,
     ) -> Decoded:
         """One decoder call for one object on a cached embedding; prompts in slice pixels."""
-        self.touch()
-        start = time.perf_counter()
-        with self.lock.hold(INTERACTIVE), threads(self.decode_threads):
-            got_lock = time.perf_counter()
-            cpu = time.thread_time()
-            self.predictor.set_encoding(enc)
+
+        def work():
             pred = self.predictor.predict(
                 boxes=None if box is None else np.asarray(box, dtype=np.float64)[None],
                 points=None if points is None or len(points) == 0 else np.asarray(points, dtype=np.float64),
@@ -156,18 +152,28 @@ class ModelEngine:
                 mask_input=None if mask_input is None else mask_input[None],
                 multimask=multimask,
             )
+            return pred.best() if multimask else pred
+
+        return self._interactive(enc, work)[0]
+
+    def _interactive(self, enc: ImageEncoding, work: Callable[[], Any]) -> tuple[Decoded, Any]:
+        """Run ``work()`` (-> a Prediction, or (Prediction, extra)) on ``enc`` under the model lock at
+        interactive priority with the decode threads; the Decoded answer with its timings, and the extra."""
+        self.touch()
+        start = time.perf_counter()
+        with self.lock.hold(INTERACTIVE), threads(self.decode_threads):
+            got_lock = time.perf_counter()
+            cpu = time.thread_time()
+            self.predictor.set_encoding(enc)
+            out = work()
             cpu_ms = (time.thread_time() - cpu) * 1000.0
-        if multimask:
-            pred = pred.best()
+        pred, extra = out if isinstance(out, tuple) else (out, None)
         done = time.perf_counter()
-        return Decoded(
-            pred.masks[0, 0],
-            pred.low_res_logits[0, :1],
-            float(pred.iou_scores[0, 0]),
-            (done - got_lock) * 1000.0,
-            (got_lock - start) * 1000.0,
-            cpu_ms,
+        decoded = Decoded(
+            pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]),
+            (done - got_lock) * 1000.0, (got_lock - start) * 1000.0, cpu_ms,
         )
+        return decoded, extra
 
     def refine(
         self,
@@ -187,12 +193,7 @@ class ModelEngine:
         from medsam.inference.refine import Refiner
         from medsam.types import Points
 
-        self.touch()
-        start = time.perf_counter()
-        with self.lock.hold(INTERACTIVE), threads(self.decode_threads):
-            got_lock = time.perf_counter()
-            cpu = time.thread_time()
-            self.predictor.set_encoding(enc)
+        def work():
             refiner = Refiner(self.predictor, strategy)
             pred = None
             if state is not None:
@@ -204,13 +205,9 @@ class ModelEngine:
                     pred = refiner.start(points=Points(np.array([[x, y]]), np.array([label])))
                 else:
                     pred = refiner.click(float(x), float(y), int(label))
-            cpu_ms = (time.thread_time() - cpu) * 1000.0
-        done = time.perf_counter()
-        decoded = Decoded(
-            pred.masks[0, 0], pred.low_res_logits[0, :1], float(pred.iou_scores[0, 0]),
-            (done - got_lock) * 1000.0, (got_lock - start) * 1000.0, cpu_ms,
-        )
-        return decoded, refiner.state
+            return pred, refiner.state
+
+        return self._interactive(enc, work)
 
     def warm_up(self) -> float:
         """One decode of each prompt kind on a blank embedding, so the first person's prompt does not pay
