@@ -4,8 +4,7 @@
     python benchmarks/speed.py --per-dataset 0 --volumes 6 --runs 7   # every 2D case, every volume
 
 Paths: the reference (eager PyTorch fp32, the exact path the golden tests check) and each available fast path
-(torch bf16; onnxruntime fp32/int8; OpenVINO fp32, fp32 with a bf16 decoder (the default where the CPU has
-native bf16), bf16, int8). Every figure is measured with the paths
+(torch bf16; onnxruntime fp32/int8; OpenVINO fp32 (the default), fp32 with a bf16 decoder, bf16, int8). Every figure is measured with the paths
 interleaved (case by case, call by call), so a change of machine load hits them alike; the ratio column
 compares each path with the reference measured in the same run. Real images come from ../shared/data
 (skipped cleanly when absent); the prompt of a 2D case is the tight box of its ground-truth mask.

@@ -67,10 +67,11 @@ def test_options_validate_and_resolve(monkeypatch):
     assert ExecutionOptions("int8", "openvino", 3).resolve("cpu").decoder_precision == "fp32"
     assert resolved.decoder_precision == "fp32"  # onnxruntime has no bf16
     monkeypatch.setattr(options_module, "engine_installed", lambda name: True)
-    for native, decoder in ((True, "bf16"), (False, "fp32")):
+    for native in (True, False):  # the default keeps the exact masks: fp32 throughout, bf16 CPU or not
         monkeypatch.setattr(options_module, "cpu_has_native_bf16", lambda native=native: native)
         auto = ExecutionOptions().resolve("cpu")
-        assert (auto.backend, auto.precision, auto.decoder_precision) == ("openvino", "fp32", decoder)
+        assert (auto.backend, auto.precision, auto.decoder_precision) == ("openvino", "fp32", "fp32")
+    assert ExecutionOptions(decoder_precision="bf16").resolve("cpu").decoder_precision == "bf16"
     assert not ExecutionOptions("fp32", "torch", decoder_precision="bf16").is_exact
     with pytest.raises(OptionsError, match="decoder_precision"):
         ExecutionOptions(decoder_precision="int8")

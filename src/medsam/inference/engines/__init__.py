@@ -6,8 +6,8 @@
     predictor = make_predictor(model, ExecutionOptions("bf16", "openvino", threads=2))
 
 The default (``ExecutionOptions()``, "auto") is OpenVINO when installed (else onnxruntime, else PyTorch) with
-the encoder in fp32 and, where the CPU has native bf16, the decoder in bf16: masks agree with the exact path at
-DSC >= 0.99. bf16 for the encoder too is faster still but can move ambiguous masks; see ``options.py``. ``--precision fp32 --backend torch`` is the exact path: the model's own eager
+the encoder and the decoder in fp32: the masks of the exact path. bf16 (where the CPU computes it natively) is
+faster but can move ambiguous masks; see ``options.py``. ``--precision fp32 --backend torch`` is the exact path: the model's own eager
 ``encode``/``decode``, which the golden tests check.
 
 Exported graphs are kept in the model cache (``model_cache.py``: ``$MEDSAM_CACHE_DIR`` or ``~/.cache/medsam``),
