@@ -95,6 +95,11 @@ class SliceEncoder:
         self._batch = dict(zip(wanted, encodings))
         return self._batch[z]
 
+    @property
+    def batch(self) -> dict[int, ImageEncoding]:
+        """The encodings of the batch last fetched (slice index -> encoding)."""
+        return dict(self._batch)
+
     def release(self) -> None:
         """Drop the current batch (the predictor's bounded cache may still hold it)."""
         self._batch = {}
