@@ -111,10 +111,11 @@ def _table(summaries: list[RunSummary], group: str) -> list[str]:
 def _clicks_csv(result: EvaluationResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run", "dataset", "n", "clicks", "mean_dsc"])
+    writer.writerow(["run", "dataset", "n", "clicks", "mean_dsc", "mean_nsd"])
     for c in result.click_curves():
         for k, v in enumerate(c.mean_dsc):
-            writer.writerow([c.run, c.dataset or "(all)", c.n, k, f"{v:.6g}"])
+            nsd = f"{c.mean_nsd[k]:.6g}" if k < len(c.mean_nsd) else ""
+            writer.writerow([c.run, c.dataset or "(all)", c.n, k, f"{v:.6g}", nsd])
     return buffer.getvalue()
 
 

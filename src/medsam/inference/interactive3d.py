@@ -279,6 +279,11 @@ class InteractiveVolume:
     def can_undo(self) -> bool:
         return bool(self._history)
 
+    @property
+    def slices_decoded(self) -> int:
+        """Decoder calls so far (a slice of one part each)."""
+        return self._decoded
+
     # --- interactions -----------------------------------------------------------------------------------
 
     def add_object(
@@ -397,17 +402,40 @@ class InteractiveVolume:
                                  "clicks": [list(c) for c in a.clicks]}
                         for z, a in sorted(p.anchors.items())
                     },
+                    "boxes": {str(z): [float(v) for v in b] for z, b in sorted(p.boxes.items())},
                 }
                 for p in obj.parts
             ],
         }
 
-    def restore_object(self, mask: np.ndarray, state: dict[str, Any]) -> None:
-        """Bring back an object from its label mask (z, y, x) and :meth:`object_state`, without running the model.
-        With several parts the mask goes to the part each connected piece of a slice overlaps most."""
-        m = np.asarray(mask, dtype=bool)
-        if m.shape != (self.depth, *self.image_hw):
-            raise PromptError(f"restored mask has shape {m.shape}; the stack is {(self.depth, *self.image_hw)}")
+    def fixed_masks(self, label: int) -> dict[int, np.ndarray]:
+        return dict(self._object(label).fixed)
+
+    def part_masks(self, label: int) -> list[np.ndarray]:
+        """Each part's (z, y, x) mask (fixed slices not included), for :meth:`restore_object`."""
+        obj = self._object(label)
+        out = []
+        for part in obj.parts:
+            m = np.zeros((self.depth, *self.image_hw), dtype=bool)
+            for z, mask in part.masks.items():
+                m[z] = mask
+            out.append(m)
+        return out
+
+    def restore_object(
+        self, mask: np.ndarray | Sequence[np.ndarray], state: dict[str, Any], fixed: dict[int, np.ndarray] | None = None
+    ) -> None:
+        """Bring back an object from :meth:`object_state` and its masks, without running the model: the object's
+        (z, y, x) mask (with several parts each connected piece of a slice goes to the part it fits best), or the
+        exact per-part masks of :meth:`part_masks` with the fixed slices' masks in ``fixed`` (from the object's
+        mask they are taken as they are)."""
+        per_part = not isinstance(mask, np.ndarray)
+        masks = [np.asarray(m, dtype=bool) for m in mask] if per_part else [np.asarray(mask, dtype=bool)]
+        for m in masks:
+            if m.shape != (self.depth, *self.image_hw):
+                raise PromptError(f"restored mask has shape {m.shape}; the stack is {(self.depth, *self.image_hw)}")
+        if per_part and len(masks) != len(state["parts"]):
+            raise PromptError(f"{len(masks)} part masks for an object of {len(state['parts'])} parts")
         label = int(state["label"])
         parts = []
         for raw in state["parts"]:
@@ -419,15 +447,29 @@ class InteractiveVolume:
             limits = tuple(raw["z_limits"]) if raw.get("z_limits") is not None else None
             extent = Box.from_sequence(raw["extent"]) if raw.get("extent") is not None else None
             open_ends = tuple(bool(v) for v in raw.get("open_ends", (False, False)))
-            parts.append(_Part(anchors=anchors, z_limits=limits, extent=extent, open_ends=open_ends))  # type: ignore[arg-type]
+            boxes = {int(z): np.asarray(b, dtype=np.float64) for z, b in raw.get("boxes", {}).items()}
+            parts.append(_Part(boxes=boxes, anchors=anchors, z_limits=limits, extent=extent, open_ends=open_ends))  # type: ignore[arg-type]
         if not parts:
             parts = [_Part()]
-        for z in np.flatnonzero(m.reshape(self.depth, -1).any(axis=1)):
-            self._split_into_parts(parts, int(z), m[z])
-        obj = _Object(label, parts)
-        for z in state.get("fixed_slices", []):
-            obj.fixed[int(z)] = m[int(z)].copy()
-        self._objects[label] = obj
+        union = np.logical_or.reduce(masks)
+        fixed_zs = {int(z) for z in state.get("fixed_slices", [])}
+        if per_part:
+            fixed = {int(z): np.asarray(m, dtype=bool) for z, m in (fixed or {}).items()}
+            if set(fixed) != fixed_zs:
+                raise PromptError(f"restoring per-part masks needs the fixed slices' masks {sorted(fixed_zs)}")
+        else:
+            fixed = {z: union[z].copy() for z in fixed_zs}
+        if per_part:
+            for part, m in zip(parts, masks):
+                for z in np.flatnonzero(m.reshape(self.depth, -1).any(axis=1)):
+                    part.masks[int(z)] = m[z].copy()
+        else:
+            for z in np.flatnonzero(union.reshape(self.depth, -1).any(axis=1)):
+                if int(z) not in fixed_zs:
+                    self._split_into_parts(parts, int(z), union[z])
+        for part in parts:  # a box is only meaningful with its mask
+            part.boxes = {z: b for z, b in part.boxes.items() if z in part.masks}
+        self._objects[label] = _Object(label, parts, fixed)
 
     # --- internals: objects and parts -----------------------------------------------------------------------
 
