@@ -121,3 +121,73 @@ def run_protocol(
         nsds.append(n)
     return ProtocolTrace(box, tuple(clicks), tuple(dscs), tuple(nsds), tuple(seconds), mask, iv.encoder.encoded,
                          iv.slices_decoded)
+
+
+@dataclass(frozen=True)
+class HarnessStep:
+    """One call of a submission under the simulated harness: the labels it wrote, their per-class DSC, the clicks
+    it was given (per class, so far) and the wall time of the call."""
+
+    segs: np.ndarray
+    dsc: tuple[float, ...]
+    clicks: tuple[tuple[tuple[int, int, int, int], ...], ...]
+    seconds: float
+
+
+def simulate_harness(
+    run_submission,
+    imgs: np.ndarray,
+    gts: np.ndarray,
+    spacing: Sequence[float],
+    inputs_dir,
+    outputs_dir,
+    *,
+    name: str = "case.npz",
+    n_clicks: int = 5,
+    seed: int = 0,
+) -> list[HarnessStep]:
+    """Run a submission through the challenge's six steps on one case, as CVPR25_iter_eval.py does with files:
+    ``inputs_dir/name`` is written (imgs, spacing, boxes; then clicks, clicks_order, prev_pred added), then
+    ``run_submission()`` is called and ``outputs_dir/name``'s ``segs`` read back; after each step a click per class
+    goes to the centre of that class's largest error. Classes are the sorted non-zero values of ``gts``, the
+    k-th expected as value k in ``segs`` (the harness's class order)."""
+    from pathlib import Path
+
+    from medsam.io.npz import Cvpr25Box, Cvpr25Clicks, write_cvpr25_input
+
+    inputs_dir, outputs_dir = Path(inputs_dir), Path(outputs_dir)
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    values = [int(v) for v in np.unique(gts) if v != 0]
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for v in values:
+        b = cvpr25_box(gts == v, rng)
+        boxes.append(Cvpr25Box(b["z_min"], b["z_max"], b["z_mid"], b["z_mid_x_min"], b["z_mid_y_min"],
+                               b["z_mid_x_max"], b["z_mid_y_max"]))
+    fg: list[list[tuple[int, int, int]]] = [[] for _ in values]
+    bg: list[list[tuple[int, int, int]]] = [[] for _ in values]
+    order: list[list[str]] = [[] for _ in values]
+    steps: list[HarnessStep] = []
+    segs = None
+    for it in range(n_clicks + 1):
+        if it == 0:
+            write_cvpr25_input(inputs_dir / name, imgs, spacing, boxes=boxes)
+        else:
+            for i, v in enumerate(values):
+                click = corrective_click_3d(segs == i + 1, gts == v)
+                if click is None:
+                    continue
+                (fg if click.label else bg)[i].append((click.z, click.y, click.x))
+                order[i].append("fg" if click.label else "bg")
+            clicks = [Cvpr25Clicks(tuple(fg[i]), tuple(bg[i]), tuple(order[i])) for i in range(len(values))]
+            write_cvpr25_input(inputs_dir / name, imgs, spacing, boxes=boxes, clicks=clicks, prev_pred=segs)
+        t0 = time.perf_counter()
+        run_submission()
+        seconds = time.perf_counter() - t0
+        with np.load(outputs_dir / name, allow_pickle=False) as data:
+            segs = data["segs"]
+        sequences = tuple(Cvpr25Clicks(tuple(fg[i]), tuple(bg[i]), tuple(order[i])).sequence() for i in range(len(values)))
+        dscs = tuple(float(dice(segs == i + 1, gts == v)) for i, v in enumerate(values))
+        steps.append(HarnessStep(segs, dscs, sequences, seconds))
+    return steps
