@@ -195,3 +195,17 @@ def test_errors_are_clear():
     with pytest.raises(PromptError):
         iv.set_box(1, 30, Box(1, 1, 5, 5))
     assert np.array_equal(iv.labels(), labels)  # a refused interaction changes nothing
+
+
+def test_a_propagation_prompt_with_clicks_is_one_part():
+    from medsam.types import Points
+
+    truth = np.zeros(SHAPE, np.uint8)
+    ball(truth, (12, 30, 30), 7)
+    _, iv = session(image_of(truth))
+    prompt = ObjectPrompt(z=12, box=Box(21, 21, 39, 39), points=Points(np.array([[30.0, 30.0]]), np.array([1])))
+    iv.add_object(prompt=prompt)
+    assert iv.key_slices(1) == [12] and iv.object_state(1)["parts"][0]["anchors"]["12"]["clicks"] == [[30.0, 30.0, 1]]
+    assert z_span(iv.object_mask(1)) == (5, 19)
+    with pytest.raises(PromptError, match="first click must be positive"):
+        iv.add_object(prompt=ObjectPrompt(z=12, points=Points(np.array([[3.0, 3.0]]), np.array([0]))))

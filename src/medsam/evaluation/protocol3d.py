@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -89,14 +89,16 @@ def run_protocol(
     config: PropagationConfig = PropagationConfig(),
     agreement: float = DEFAULT_AGREEMENT,
     source: str = "volume",
+    **interaction: Any,
 ) -> ProtocolTrace:
     """Box then ``n_clicks`` simulated corrective clicks on one object of a (z, y, x) uint8 ``volume``; ``reference``
-    is its (z, y, x) mask. A step with nothing left to correct adds no click and repeats the scores."""
+    is its (z, y, x) mask. A step with nothing left to correct adds no click and repeats the scores. ``interaction``:
+    more options of :class:`InteractiveVolume` (e.g. ``repropagation``, ``carry_clicks``)."""
     ref = np.asarray(reference) != 0
     box = cvpr25_box(ref, np.random.default_rng(seed))
     # an empty key slice must not end the case: it scores 0 and the clicks may still find the object
     iv = InteractiveVolume(predictor, volume, config=replace(config, require_key_mask=False), agreement=agreement,
-                           source=source)
+                           source=source, **interaction)
     t0 = time.perf_counter()
     key = KeyBox(box["z_mid"], Box(box["z_mid_x_min"], box["z_mid_y_min"], box["z_mid_x_max"], box["z_mid_y_max"]))
     iv.add_object(key_boxes=[key], label=1, z_limits=(box["z_min"], box["z_max"]))

@@ -57,12 +57,14 @@ from medsam.inference.predictor import ImageEncoding, Predictor
 from medsam.inference.propagate import (
     KeyStats, ObjectPrompt, PropagationConfig, Propagator, decode_prompts, next_slice_box, stop_reason,
 )
-from medsam.inference.refine import RefinePolicy, Refiner, strategy_of
+from medsam.inference.refine import RefinePolicy, Refiner, distance_to_edge, strategy_of
 from medsam.inference.slices import SliceEncoder
 from medsam.metrics import dice
 from medsam.types import Box, Box3D
 
 DEFAULT_AGREEMENT = 0.9
+LOCAL_MIN_CHANGE = 0.01  # local re-propagation stops where it changes fewer pixels than this share of the mask
+MAX_CARRY_SLICES = 8  # a click is taken on to at most this many slices each way
 _CLICK_BOX_FRACTION = 0.04  # a click with no mask near it starts from a box of this fraction of the slice size
 
 
@@ -139,6 +141,18 @@ class InteractionResult:
     slices_decoded: int
     slices_encoded: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class _Carry:
+    """A click taken on from its slice to the next ones: pixel (x, y), its label, and how many slices it may go
+    (its distance to the mask edge on its own slice, in pixels: a click deep inside a missed or leaked region
+    speaks of a large error, one next to the edge of a small one)."""
+
+    x: int
+    y: int
+    label: int
+    depth: int
 
 
 @dataclass(frozen=True)
@@ -222,12 +236,18 @@ class InteractiveVolume:
         policy: RefinePolicy | None = None,
         cache_bytes: int = 2 * 2**30,
         source: str = "volume",
+        repropagation: str = "local",
+        carry_clicks: bool = True,
     ) -> None:
         if config.mode != "default":
             raise PromptError("corrective interaction needs the default propagation mode (the reference mode is the "
                               "official one-shot procedure)")
         if not 0.0 < agreement <= 1.0:
             raise PromptError(f"agreement {agreement!r}: give a DSC in (0, 1]")
+        if repropagation not in ("local", "rewrite"):
+            raise PromptError(f"repropagation {repropagation!r}: use local or rewrite")
+        self.repropagation = repropagation
+        self.carry_clicks = bool(carry_clicks)
         self.predictor = predictor
         self.cache_bytes = int(cache_bytes)
         self._store: OrderedDict[int, ImageEncoding] = OrderedDict()
@@ -293,19 +313,24 @@ class InteractiveVolume:
         key_boxes: Sequence[KeyBox] = (),
         label: int | None = None,
         z_limits: tuple[int, int] | None = None,
+        prompt: ObjectPrompt | None = None,
     ) -> InteractionResult:
         """A new object from a 3D box and/or boxes on key slices (boxes on one slice are separate parts of it; a box
         on another slice joins the part it overlaps most), segmented by propagation. ``label``: its value (default
         the next free one); an existing label gets the key boxes added (as :meth:`set_box`). ``z_limits``: trusted
-        inclusive slice limits for the key boxes (a 3D box gives its own)."""
+        inclusive slice limits for the key boxes (a 3D box gives its own). ``prompt``: a propagation prompt
+        (medsam.inference.propagate.ObjectPrompt: a box and/or clicks on its key slice, z limits, extent) as one part;
+        its points are clicks on the key slice's box (the refiner's rules)."""
         if label is not None and label in self._objects:
-            if box3d is not None:
-                raise PromptError(f"label {label} exists already; a 3D box starts a new object")
+            if box3d is not None or prompt is not None:
+                raise PromptError(f"label {label} exists already; a 3D box or a prompt starts a new object")
             return self._step("box", label, lambda: self._add_key_boxes(self._objects[label], key_boxes))
-        if box3d is None and not key_boxes:
+        if box3d is None and not key_boxes and prompt is None:
             raise PromptError("a new object needs a 3D box or at least one key box (Z:x0,y0,x1,y1)")
         value = self._new_label(label)
         parts = self._parts_from(box3d, key_boxes, z_limits)
+        if prompt is not None:
+            parts.insert(0, self._part_from_prompt(prompt))
         return self._step("add", value, lambda: self._segment_new(value, parts))
 
     def set_box(self, label: int, z: int, box: Box, part: int | None = None) -> InteractionResult:
@@ -512,6 +537,23 @@ class InteractiveVolume:
                 target.anchors[z] = _Anchor(box)
         return parts
 
+    def _part_from_prompt(self, prompt: ObjectPrompt) -> _Part:
+        z = self._check_z(prompt.z)
+        box = self._valid_box(prompt.box, f"prompt box on slice {z}") if prompt.box is not None else None
+        clicks: tuple[tuple[float, float, int], ...] = ()
+        if prompt.points is not None and len(prompt.points):
+            prompt.points.validate(self.image_hw, source=f"clicks on slice {z}")
+            clicks = tuple((float(x), float(y), int(lab)) for (x, y), lab in zip(prompt.points.coords, prompt.points.labels))
+        if box is None and not clicks:
+            raise PromptError(f"the prompt on slice {z} has neither a box nor clicks")
+        if box is None and clicks[0][2] != 1:
+            raise PromptError(f"the prompt on slice {z} has no box: its first click must be positive (on the object)")
+        limits = self._check_limits(prompt.z_limits)
+        if limits is not None and not limits[0] <= z <= limits[1]:
+            raise PromptError(f"the key slice {z} lies outside the z limits {limits[0]}..{limits[1]}")
+        extent = self._valid_box(prompt.extent, f"extent on slice {z}") if prompt.extent is not None else None
+        return _Part(anchors={z: _Anchor(box, clicks)}, z_limits=limits, extent=extent)
+
     def _check_limits(self, limits: tuple[int, int] | None) -> tuple[int, int] | None:
         if limits is None:
             return None
@@ -593,25 +635,29 @@ class InteractiveVolume:
         parts), then every further anchor as a key slice of its part."""
         obj = _Object(label, parts)
         self._objects[label] = obj
+        boxed = [p for p in parts if not p.anchors[p.key_slices()[0]].clicks]  # first anchor a plain box
         prompts = []
-        for p in parts:
+        for p in boxed:
             z = p.key_slices()[0]
             prompts.append(ObjectPrompt(z=z, box=p.anchors[z].box, z_limits=p.z_limits, extent=p.extent))
-        run = Propagator(self.predictor, self.slices, prompts, self.config, source=self.source)
-        run.encoder = self.encoder  # share the encoder (its counters and batches)
         ends: list[str] = []
-        for result in run.run():
-            self._decoded += 1
-            for k, i in enumerate(result.object_ids):
-                if result.masks[k].any():
-                    parts[i].masks[result.z] = result.masks[k]
-                    if result.prompt_boxes is not None:
-                        parts[i].boxes[result.z] = result.prompt_boxes[k]
-        for e in run.ends:
-            ends.append(f"part {e.object_id + 1} {'up' if e.direction > 0 else 'down'}: {e.reason} at slice {e.last_z}")
+        if prompts:
+            run = Propagator(self.predictor, self.slices, prompts, self.config, source=self.source)
+            run.encoder = self.encoder  # share the encoder (its counters and batches)
+            for result in run.run():
+                self._decoded += 1
+                for k, i in enumerate(result.object_ids):
+                    if result.masks[k].any():
+                        boxed[i].masks[result.z] = result.masks[k]
+                        if result.prompt_boxes is not None:
+                            boxed[i].boxes[result.z] = result.prompt_boxes[k]
+            for e in run.ends:
+                which = parts.index(boxed[e.object_id]) + 1
+                ends.append(f"part {which} {'up' if e.direction > 0 else 'down'}: {e.reason} at slice {e.last_z}")
         changed = set(obj.slices())
         for p in parts:
-            for z in p.key_slices()[1:]:
+            first = [] if p in boxed else p.key_slices()[:1]
+            for z in first + p.key_slices()[1:]:
                 c, e = self._prompt_anchor(obj, p, z)
                 changed |= c
                 ends += e
@@ -663,7 +709,13 @@ class InteractiveVolume:
             if click.label == 1:
                 self._widen(part, z, Box(x, y, x, y))
             part.anchors[z] = anchor
-            c, e = self._prompt_anchor(obj, part, z)
+            carry = None
+            if self.carry_clicks:
+                current = part.masks.get(z)  # a click on a slice without the object is not taken on
+                d = distance_to_edge(current, px, py) if current is not None else 0.0
+                depth = min(MAX_CARRY_SLICES, int(d)) if np.isfinite(d) else 0
+                carry = _Carry(px, py, int(click.label), depth) if depth >= 1 else None
+            c, e = self._prompt_anchor(obj, part, z, carry)
             changed |= c
             ends += e
         return changed, ends
@@ -711,7 +763,7 @@ class InteractiveVolume:
 
     # --- internals: segmenting a slice and re-propagating ------------------------------------------------------
 
-    def _prompt_anchor(self, obj: _Object, part: _Part, z: int) -> tuple[set[int], list[str]]:
+    def _prompt_anchor(self, obj: _Object, part: _Part, z: int, carry: "_Carry | None" = None) -> tuple[set[int], list[str]]:
         """Segment anchor slice z of ``part`` from its box and clicks, then re-propagate both ways."""
         anchor = part.anchors[z]
         mask, box_in = self._refine(z, anchor)
@@ -719,10 +771,11 @@ class InteractiveVolume:
         changed: set[int] = set()
         if old is None or not np.array_equal(old, mask):
             changed.add(z)
+        delta = mask ^ old if old is not None else mask.copy()
         self._set(part, z, mask, box_in)
         ends: list[str] = []
         for step in (+1, -1):
-            c, e = self._sweep(obj, part, z, step, mask)
+            c, e = self._sweep(obj, part, z, step, mask, delta=delta, carry=carry)
             changed |= c
             ends += e
         return changed, ends
@@ -764,9 +817,19 @@ class InteractiveVolume:
         return z in obj.fixed or z in part.anchors
 
     def _sweep(
-        self, obj: _Object, part: _Part, z0: int, step: int, start: np.ndarray, *, refill: bool = True
+        self,
+        obj: _Object,
+        part: _Part,
+        z0: int,
+        step: int,
+        start: np.ndarray,
+        *,
+        delta: np.ndarray | None = None,
+        carry: "_Carry | None" = None,
+        refill: bool = True,
     ) -> tuple[set[int], list[str]]:
-        """Re-propagate ``part`` from slice z0 (mask ``start``) in direction ``step`` (module doc)."""
+        """Re-propagate ``part`` from slice z0 (mask ``start``, which changed by ``delta`` there) in direction
+        ``step`` (module doc). ``carry``: a click taken on to the next slices while the mask is wrong there too."""
         changed: set[int] = set()
         where = "up" if step > 0 else "down"
         if not start.any():
@@ -789,8 +852,19 @@ class InteractiveVolume:
             masks, ious, _ = decode_prompts(self.predictor, enc, [{"box": box_in, "points": None, "labels": None, "mask": None}])
             self._decoded += 1
             mask = masks[0]
+            old = part.masks.get(z)
+            carried = None
+            if carry is not None and abs(z - z0) <= carry.depth:
+                carried = self._carried(mask, enc, box_in, carry, old)
+                if carried is not None:
+                    mask = carried
             if extent_mask is not None:
                 mask &= extent_mask
+            if self.repropagation == "local" and old is not None and delta is not None:
+                reach = self._reach(delta)
+                if carried is not None:
+                    reach |= carried ^ masks[0]
+                mask = np.where(reach, mask, old)
             trusted = self.config.trust_limits and inside
             reason = stop_reason(self.config, mask, prev, float(ious[0]), self._gray(z), key, trusted=trusted, prev_z=z - step)
             if reason is not None:
@@ -802,14 +876,61 @@ class InteractiveVolume:
                     changed |= c
                     ends += e
                 return changed, ends
-            old = part.masks.get(z)
-            if old is not None and dice(mask, old) >= self.agreement:
+            if old is not None and self._agrees(mask, old):
                 return changed, []
             self._set(part, z, mask, box_in)
             changed.add(z)
+            delta = mask ^ old if old is not None else mask.copy()
+            if carried is None and carry is not None:
+                carry = None  # the click was not wrong here: it is not taken further
             prev = mask
             z += step
         return changed, [f"{where}: reached the {'last' if step > 0 else 'first'} slice"]
+
+    def _agrees(self, mask: np.ndarray, old: np.ndarray) -> bool:
+        """The re-propagation stops here: the new mask agrees with the one there (rewrite: DSC >= agreement;
+        local: it changed fewer pixels than ``LOCAL_MIN_CHANGE`` of the old mask, or 4)."""
+        if self.repropagation == "rewrite":
+            return dice(mask, old) >= self.agreement
+        return int((mask ^ old).sum()) < max(4.0, LOCAL_MIN_CHANGE * float(old.sum()))
+
+    def _reach(self, delta: np.ndarray) -> np.ndarray:
+        """Where a change on one slice may change the next: within a few pixels (the box margin, in slice pixels)."""
+        if not delta.any():
+            return delta
+        from scipy import ndimage
+
+        radius = max(2.0, self.config.box_margin_px * max(self.image_hw) / float(self.transform.input_size))
+        ys, xs = np.nonzero(delta)
+        r = int(np.ceil(radius)) + 1
+        y0, y1 = max(0, ys.min() - r), min(delta.shape[0], ys.max() + r + 1)
+        x0, x1 = max(0, xs.min() - r), min(delta.shape[1], xs.max() + r + 1)
+        out = np.zeros_like(delta)
+        out[y0:y1, x0:x1] = ndimage.distance_transform_edt(~delta[y0:y1, x0:x1]) <= radius
+        return out
+
+    def _carried(
+        self, mask: np.ndarray, enc: ImageEncoding, box_in: np.ndarray, carry: "_Carry", old: np.ndarray | None
+    ) -> np.ndarray | None:
+        """``mask`` with the carried click enforced as on the clicked slice (the box_update rules), when the existing
+        mask is wrong at the click in the same way; else None."""
+        current = old if old is not None else np.zeros_like(mask)
+        wrong = (not current[carry.y, carry.x]) if carry.label == 1 else bool(current[carry.y, carry.x])
+        if not wrong or self.strategy != "box_update":
+            return None
+        import torch
+
+        from medsam.inference.predictor import upscale_logits
+        from medsam.inference.refine import apply_clicks
+        from medsam.types import Points
+
+        self.predictor.set_encoding(enc)
+        box = Box(*self.transform.boxes_to_original(np.asarray(box_in)[None])[0]).validate(self.image_hw)
+        pred = self.predictor.predict(boxes=box)
+        logits = upscale_logits(torch.from_numpy(pred.low_res_logits[:1, :1]), enc.transform, self.predictor.config)[0, 0]
+        min_radius = max(1.0, self.policy.min_radius_input_px * max(self.image_hw) / float(self.transform.input_size))
+        clicks = Points(np.array([[float(carry.x), float(carry.y)]]), np.array([carry.label]))
+        return apply_clicks(logits.numpy(), clicks, box, self.policy, min_radius_px=min_radius)
 
     def _anchor_towards(self, obj: _Object, part: _Part, z0: int, step: int) -> int | None:
         """An anchor of the part reached from z0 in direction ``step`` through slices holding the part."""
