@@ -275,20 +275,12 @@ def _libraries() -> tuple[Any, Any]:
 
 
 def make_session(config: DicomwebConfig) -> Any:
-    """A requests Session: credentials, TLS verification (always on; a CA bundle may be added), connection and
-    read retries with exponential back-off (status retries are done by dicomweb-client, so POSTs are safe)."""
+    """A requests Session: credentials and TLS verification (always on; a CA bundle may be added). Retries are
+    dicomweb-client's (every failed attempt, exceptions and 408/429/502/503/504 answers, with exponential
+    back-off), so the transport itself does not retry: one layer of retries, not two multiplied."""
     requests, _ = _libraries()
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
 
     session = requests.Session()
-    retry = Retry(
-        total=None, connect=config.retries, read=config.retries, status=0, other=0, redirect=3,
-        backoff_factor=config.backoff_s, raise_on_status=False,
-    )
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
     session.verify = str(Path(config.ca_bundle).expanduser()) if config.ca_bundle else True
     session.trust_env = False  # no ~/.netrc credentials or proxies picked up behind the person's back
     if config.username is not None:
@@ -306,11 +298,13 @@ class DicomwebServer:
         _, client_class = _libraries()
         self.config = config
         self.session = make_session(config)
-        self.client = client_class(config.base_url, session=self.session, timeout=config.timeout_s)
+        # A chunk size above any object we send: dicomweb-client posts larger bodies as a generator, which a retry
+        # would find already consumed (and send empty).
+        self.client = client_class(config.base_url, session=self.session, timeout=config.timeout_s, chunk_size=1 << 31)
         self.client.set_http_retry_params(
             retry=config.retries > 0,
             max_attempts=config.retries + 1,
-            wait_exponential_multiplier=max(1, int(config.backoff_s * 1000)),
+            wait_exponential_multiplier=max(1, int(config.backoff_s * 500)),  # waits backoff, 2 x backoff, ...
             retriable_error_codes=_RETRY_STATUS,
         )
 
@@ -345,8 +339,8 @@ class DicomwebServer:
                 f"DICOMweb server {url} did not accept a connection within {self.config.timeout_s:g} s ({tries} tries) "
                 f"while trying to {what}; check the address and the network"
             ) from None
-        except requests.exceptions.ConnectionError as exc:
-            if isinstance(exc.args[0] if exc.args else None, Exception) and "Read timed out" in str(exc):
+        except (requests.exceptions.ConnectionError, requests.exceptions.ReadTimeout) as exc:
+            if isinstance(exc, requests.exceptions.ReadTimeout) or "Read timed out" in str(exc):
                 raise RemoteServiceError(
                     f"DICOMweb server {url} stopped answering for {self.config.timeout_s:g} s while trying to {what} "
                     f"({tries} tries); raise {ENV_PREFIX}TIMEOUT for a slow server"
@@ -379,6 +373,15 @@ class DicomwebServer:
             ) from None
         except requests.exceptions.RequestException as exc:
             raise RemoteServiceError(f"DICOMweb server {url}: {what} failed: {_reason(exc)}") from None
+        except Exception as exc:
+            response = getattr(getattr(exc, "last_attempt", None), "value", None)  # retrying.RetryError: still busy
+            if type(exc).__name__ != "RetryError" or not hasattr(response, "status_code"):
+                raise
+            body = " ".join(str(getattr(response, "text", "")).split())[:200]
+            raise RemoteServiceError(
+                f"DICOMweb server {url} answered HTTP {response.status_code} while trying to {what}, {tries} tries "
+                "with back-off; the server is busy or down, try again later" + (f" ({body})" if body else "")
+            ) from None
 
     # --- QIDO ---------------------------------------------------------------------------------------------
 
