@@ -81,11 +81,18 @@ class Orthanc:
     def get(self, path: str):
         return self._request(path)
 
-    def delete_series_of(self, series_uid: str) -> None:
-        found = self._request("/tools/lookup", series_uid.encode(), "POST", content_type="text/plain")
-        for hit in found:
-            if hit.get("Type") == "Series":
-                self._request(f"/series/{hit['ID']}", method="DELETE")
+    def lookup(self, uid: str) -> list[tuple[str, str]]:
+        """(level, Orthanc id) of every resource with this DICOM UID (Orthanc's REST API, not DICOMweb)."""
+        found = self._request("/tools/lookup", uid.encode(), "POST", content_type="text/plain")
+        return [(hit["Type"], hit["ID"]) for hit in found]
+
+    def delete_instance(self, sop_uid: str) -> None:
+        for level, oid in self.lookup(sop_uid):
+            if level == "Instance":
+                self._request(f"/instances/{oid}", method="DELETE")
+
+    def instance_count(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
 
     def stop(self) -> None:
         if self.process.poll() is None:
