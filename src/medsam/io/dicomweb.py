@@ -389,9 +389,32 @@ class DicomwebServer:
                        filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
         fields = ["StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "StudyDescription", "ModalitiesInStudy",
                   "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "AccessionNumber"]
-        with self.calling("search for studies"):
-            found = self.client.search_for_studies(limit=limit, offset=offset, fields=fields, search_filters=filters or None)
+        params: list[tuple[str, Any]] = list((filters or {}).items()) + [("includefield", f) for f in fields]
+        params += [(k, v) for k, v in (("limit", limit), ("offset", offset)) if v is not None]
+        found = self._get_json("/studies", params, what="search for studies")
         return [_plain(item) for item in found]
+
+    def _get_json(self, path: str, params: list[tuple[str, Any]], *, what: str) -> list[dict[str, Any]]:
+        """A QIDO GET whose query keeps wildcards as typed: dicomweb-client percent-encodes '*' and '^', which
+        some servers (Orthanc 1.10) then match literally. Same timeout, retries and back-off as the client."""
+        from urllib.parse import urlencode
+
+        requests, _ = _libraries()
+        url = f"{self.config.base_url}{path}?{urlencode(params, doseq=True, safe='*^')}"
+        with self.calling(what):
+            for attempt in range(self.config.retries + 1):
+                last = attempt == self.config.retries
+                try:
+                    response = self.session.get(url, headers={"Accept": "application/dicom+json"}, timeout=self.config.timeout_s)
+                except requests.exceptions.RequestException:
+                    if last:
+                        raise
+                else:
+                    if response.status_code not in _RETRY_STATUS or last:
+                        response.raise_for_status()
+                        return response.json() if response.content.strip() else []
+                time.sleep(self.config.backoff_s * 2**attempt)
+        return []  # pragma: no cover - the loop always returns or raises
 
     def search_series(self, study_uid: str, series_uid: str | None = None) -> list[dict[str, Any]]:
         fields = ["SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber", "NumberOfSeriesRelatedInstances",
