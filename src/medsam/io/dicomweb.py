@@ -640,12 +640,12 @@ def fetch_series(
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{ref.series_instance_uid[-16:]}.", suffix=".part", dir=target.parent))
         try:
-            bar = tqdm(sop_uids, desc=f"fetching series {ref.series_instance_uid[-12:]}", unit="instance",
-                       disable=not progress, leave=False)
-            for uid in bar:
-                ds = server.retrieve_instance(ref.study_instance_uid, ref.series_instance_uid, uid)
-                check_instance(ds, ref, uid)
-                ds.save_as(tmp / f"{uid}.dcm", enforce_file_format=False)
+            with tqdm(sop_uids, desc=f"fetching series {ref.series_instance_uid[-12:]}", unit="instance",
+                      disable=not progress, leave=False) as bar:
+                for uid in bar:
+                    ds = server.retrieve_instance(ref.study_instance_uid, ref.series_instance_uid, uid)
+                    check_instance(ds, ref, uid)
+                    ds.save_as(tmp / f"{uid}.dcm", enforce_file_format=False)
             written = sorted(p.stem for p in tmp.glob("*.dcm"))
             if written != sorted(sop_uids):  # e.g. two instances sent under one UID
                 raise RemoteServiceError(f"{ref.uri}: {len(written)} distinct instances arrived for {len(sop_uids)} listed")
