@@ -36,6 +36,9 @@ Endpoints (all under ``/api``; z is the slice index, 0 for a 2D image):
     GET    /sessions/{sid}/exports[/{name}]          list / download exports
     POST   /sessions/{sid}/slices/{z}/proposals      automatic mask proposals ("segment everything"); GET: kept ones
     POST   /sessions/{sid}/slices/{z}/proposals/{id}/accept   name one (save it under a label); DELETE drops it
+    GET    /pacs, /pacs/studies, /pacs/studies/{study}/series  the PACS of --dicomweb (medsam.serve.pacs)
+    POST   /pacs/open                                open a PACS series as a session
+    POST   /sessions/{sid}/pacs/store                store the labels back into the PACS as DICOM-SEG / RT-STRUCT
 
 Coordinates: z is a slice index and x, y are pixels (column, row) of the session's view of the image, the slices
 as the page shows them (for volumes the radiological orientation of the series' plane unless the session was
@@ -43,7 +46,7 @@ opened with another orientation; exports land on the source grid).
 
 Errors are JSON ``{"detail": message, "error": kind}``: 400 bad input or prompt, 401 token, 403 path outside
 the data root, 404 unknown session/slice/label/job/export, 409 conflicts (export exists, nothing to
-accept), 413 too large, 422 malformed request body.
+accept), 413 too large, 422 malformed request body, 502 the PACS is unreachable or refused.
 
 This module imports FastAPI; ``medsam.serve.create_app`` imports it only when called.
 """
@@ -73,6 +76,7 @@ from medsam.errors import (
     ModelNotFoundError,
     OutputError,
     PromptError,
+    RemoteServiceError,
 )
 from medsam.serve import schemas as S
 from medsam.serve.corrections import CorrectionHistory, correct_label, undo_correction
@@ -102,6 +106,7 @@ ERROR_STATUS: list[tuple[type, int]] = [
     (OutputError, 409),
     (CheckpointError, 500),
     (BackendUnavailableError, 501),
+    (RemoteServiceError, 502),
     (MedsamError, 400),
 ]
 
@@ -793,6 +798,11 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
     from medsam.serve.proposals import add_proposal_routes
 
     add_proposal_routes(app, state, _accept_mask)
+
+    # --- PACS over DICOMweb (medsam serve --dicomweb URL) ---------------------------------------------
+    from medsam.serve.pacs import add_pacs_routes
+
+    add_pacs_routes(app, state, session_info)
 
     return app
 

@@ -233,6 +233,7 @@ async function openSession(info) {
   fitCanvas();
   renderLabelList();
   renderExports(info.exports);
+  if (window.pacsSessionOpened) window.pacsSessionOpened(info);  // pacs.js: "Export to PACS" for PACS series
   await showSlice(state.z);
   refreshSessions();
 }
