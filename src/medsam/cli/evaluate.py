@@ -112,15 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_protocol(result) -> None:
     """The 3D interactive protocol's figures: mean DSC / NSD per step, AUCs and seconds per step, per run."""
-    import numpy as np
-
-    for run in result.runs:
-        rows = [r for r in result.rows_of(run.label, ok_only=True) if r.nsd_per_click]
-        if not rows:
-            continue
-        n = min(len(r.dsc_per_click) for r in rows)
-        mean = lambda key: np.mean([getattr(r, key)[:n] for r in rows], axis=0)  # noqa: E731
-        steps = " ".join(f"{k}:{d:.3f}/{v:.3f}" for k, (d, v) in enumerate(zip(mean("dsc_per_click"), mean("nsd_per_click"))))
-        secs = " ".join(f"{v:.2f}" for v in mean("seconds_per_step"))
-        aucs = f"DSC_AUC {np.nanmean([r.dsc_auc for r in rows]):.3f}  NSD_AUC {np.nanmean([r.nsd_auc for r in rows]):.3f}"
-        print(f"  {run.label} 3D protocol, n={len(rows)}: DSC/NSD per step (0 = box) {steps}; {aucs}; seconds per step {secs}")
+    for p in result.protocol_summaries():
+        steps = " ".join(f"{k}:{d:.3f}/{v:.3f}" for k, (d, v) in enumerate(zip(p.dsc, p.nsd)))
+        secs = " ".join(f"{v:.2f}" for v in p.seconds)
+        print(f"  {p.run} 3D protocol {p.dataset or 'all 3D'} n={p.n}: DSC/NSD per step (0 = box) {steps}; "
+              f"DSC_AUC {p.dsc_auc:.3f} NSD_AUC {p.nsd_auc:.3f}; seconds per step {secs}")

@@ -123,6 +123,21 @@ class ClickCurve:
 
 
 @dataclass(frozen=True)
+class ProtocolSummary:
+    """The 3D interactive protocol over the cases of a dataset (None = all 3D datasets) for one run: means per step
+    (0 = the box) and of the AUCs over the click steps."""
+
+    run: str
+    dataset: str | None
+    n: int
+    dsc: tuple[float, ...]
+    nsd: tuple[float, ...]
+    seconds: tuple[float, ...]
+    dsc_auc: float
+    nsd_auc: float
+
+
+@dataclass(frozen=True)
 class WorstCase:
     """What an overlay of a poorly segmented case needs: the (display) image, the reference and predicted
     masks, the prompt, and the case's row."""
@@ -253,6 +268,23 @@ class EvaluationResult:
                 mean_nsd = tuple(float(v) for v in np.mean(nsds, axis=0)) if all(len(v) == length for v in nsds) else ()
                 curves.append(ClickCurve(run.label, dataset, tuple(float(v) for v in mean), len(sel), mean_nsd))
         return curves
+
+    def protocol_summaries(self) -> list["ProtocolSummary"]:
+        """Per run and 3D dataset (then all 3D datasets pooled, dataset None) under the interactive protocol: mean
+        DSC, NSD and seconds per step, mean DSC_AUC and NSD_AUC."""
+        out: list[ProtocolSummary] = []
+        for run in self.runs:
+            rows = [r for r in self.rows_of(run.label, ok_only=True) if r.nsd_per_click]
+            datasets = list(dict.fromkeys(r.dataset for r in rows))
+            for dataset in datasets + ([None] if len(datasets) > 1 else []):
+                group = [r for r in rows if dataset is None or r.dataset == dataset]
+                n = min(len(r.dsc_per_click) for r in group)
+                mean = lambda key: tuple(float(v) for v in np.mean([getattr(r, key)[:n] for r in group], axis=0))  # noqa: E731
+                out.append(ProtocolSummary(
+                    run.label, dataset, len(group), mean("dsc_per_click"), mean("nsd_per_click"), mean("seconds_per_step"),
+                    float(np.nanmean([r.dsc_auc for r in group])), float(np.nanmean([r.nsd_auc for r in group])),
+                ))
+        return out
 
     # --- output ---------------------------------------------------------------------------------------
 
