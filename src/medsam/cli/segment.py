@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--mode", choices=("default", "reference"), default="default",
                         help="3D npz cases: propagation mode (reference = the official LiteMedSAM procedure)")
+    parser.add_argument("--orientation", choices=("canonical", "lps", "stored"), default=None,
+                        help="3D MedSAM2 npz cases (with a direction): what the model sees, canonical = radiological "
+                        "display orientation (default), lps, or stored (default with --mode reference); boxes are "
+                        "stored-array indices and segs land on the stored grid")
     add_model_options(parser)
     parser.set_defaults(func=run)
 

@@ -1,5 +1,7 @@
 """`medsam segment CASE.npz|CASES_DIR -o SEGS_DIR [--mode default|reference]`: CVPR24 npz cases (the branch of
 `medsam segment` for npz input). Each case's boxes are its prompts; ``SEGS_DIR/<same name>.npz`` gets ``segs``.
+A MedSAM2-layout case (with ``direction``) is segmented in the --orientation view (canonical by default, stored
+with --mode reference); its boxes are stored-array indices and ``segs`` is on the stored grid.
 
 Example:
     medsam segment test_demo/imgs/ -o test_demo/segs/ --mode reference
@@ -21,9 +23,11 @@ def run_npz(args: argparse.Namespace) -> int:
     predictor = load_predictor(args)
     count = 0
     for result in segment_npz_path(predictor, args.image, args.output, config=PropagationConfig(mode=args.mode),
-                                   overwrite=args.overwrite):
+                                   orientation=getattr(args, "orientation", None), overwrite=args.overwrite):
         kind = "3D" if result.is_3d else "2D"
-        print(f"{result.input_path.name}: {kind}, {result.objects} object(s) -> {result.output_path} ({result.seconds:.1f} s)")
+        where = f", orientation {result.orientation}" if result.is_3d else ""
+        print(f"{result.input_path.name}: {kind}{where}, {result.objects} object(s) -> {result.output_path} "
+              f"({result.seconds:.1f} s)")
         count += 1
     print(f"segmented {count} case(s) into {args.output}")
     return 0

@@ -112,6 +112,7 @@ def evaluate(
     keep_worst: int = 3,
     cache_bytes: int = 1 << 30,
     progress: bool = True,
+    orientation: str = "canonical",
 ) -> EvaluationResult:
     """Evaluate ``models`` on ``data`` under every combination of ``mode`` and ``prompt``.
 
@@ -124,6 +125,8 @@ def evaluate(
     (each case's prompt seed is derived from it and the case id). tolerance: NSD tolerance (mm for
     volumes, px for 2D images). keep_worst: lowest-DSC cases kept per run and dataset for overlays.
     cache_bytes: embedding cache per model (volumes evaluated in two modes reuse slice embeddings).
+    orientation: how volumes are seen ("canonical", "lps", "stored"; see medsam.evaluation.loading): image,
+    reference and given boxes are reoriented together, so DSC/NSD compare like with like.
     """
     from tqdm.auto import tqdm
 
@@ -146,7 +149,7 @@ def evaluate(
     predictors = [(choice, Predictor(model, cache_bytes=cache_bytes)) for choice, model in built]
     runs = [RunSpec(choice, m, spec) for choice, _ in built for m in dict.fromkeys(mode_list) for spec in dict.fromkeys(prompt_specs)]
 
-    loader = CaseLoader()
+    loader = CaseLoader(orientation)
     worst = WorstCases(keep_worst)
     rows: list[CaseResult] = []
     bar = tqdm(cases, desc="evaluate", unit="case", disable=not progress)
@@ -156,7 +159,8 @@ def evaluate(
         rows.extend(case_rows)
     bar.close()
     settings = EvaluationSettings(
-        str(data) if isinstance(data, (str, Path)) else f"{len(cases)} given cases", int(seed), tol, volume_prompt
+        str(data) if isinstance(data, (str, Path)) else f"{len(cases)} given cases", int(seed), tol, volume_prompt,
+        loader.orientation,
     )
     return EvaluationResult(tuple(r.info() for r in runs), rows, tuple(cases), settings, worst.items())
 
