@@ -182,3 +182,56 @@ def test_files_round_trip_with_montage_and_cli_report(tmp_path, predictor, monke
     text = capsys.readouterr()
     assert rc == 0, text.err
     assert "orientation stored (axial): as stored" in text.out
+
+
+def test_medsam2_npz_is_segmented_in_the_view_and_segs_land_on_the_stored_grid(tmp_path, predictor):
+    """A MedSAM2 npz stored like the dev cases (rows/columns transposed, z reversed) gives the segs of its LPS
+    twin mapped onto its own grid; without a direction (CVPR24 layout) a file is taken as stored."""
+    from medsam.inference.cvpr24 import segment_npz_case
+
+    lps = lps_volume()
+    u8 = apply_window(lps, "auto")
+    pli = AxisReorientation(SHAPE, order=(0, 2, 1), flip=(True, False, False), name="pli")
+    stored = oriented_with(lps.with_array(u8), pli).view
+    box = Box3D(22, 6, 2, 38, 22, 8)
+    np.savez_compressed(tmp_path / "lps.npz", imgs=u8, boxes=np.array([box.as_array()]))
+    np.savez_compressed(
+        tmp_path / "pli.npz", imgs=stored.array, boxes=np.array([pli.box3d_to_view(box).as_array()]),
+        spacing=np.array(stored.spacing_mm[::-1]), direction=stored.direction.reshape(-1), origin=np.array(stored.origin_mm),
+    )
+    a = segment_npz_case(predictor, tmp_path / "lps.npz", tmp_path / "out" / "lps.npz")
+    b = segment_npz_case(predictor, tmp_path / "pli.npz", tmp_path / "out" / "pli.npz")
+    assert a.orientation.endswith("as stored") and "rows and columns swapped, stored z flipped" in b.orientation
+    segs_a = np.load(tmp_path / "out" / "lps.npz")["segs"]
+    segs_b = np.load(tmp_path / "out" / "pli.npz")["segs"]
+    assert segs_a.any() and segs_b.shape == stored.shape
+    assert np.array_equal(segs_b, pli.to_view(segs_a))
+    c = segment_npz_case(predictor, tmp_path / "pli.npz", tmp_path / "out" / "pli_stored.npz", orientation="stored")
+    assert c.orientation.endswith("as stored")
+    old = segment_stack(predictor, stored.array, [ObjectPrompt.from_box3d(pli.box3d_to_view(box))],
+                        PropagationConfig(require_key_mask=False), progress=False)
+    assert np.array_equal(np.load(tmp_path / "out" / "pli_stored.npz")["segs"], old.labels)
+
+
+def test_dicom_series_with_unusual_orientation_writes_dicom_seg_on_its_slices(tmp_path, predictor):
+    import sys
+
+    import highdicom as hd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
+    from dicom_synth import write_ct_series
+
+    from medsam.io.volume import read_volume
+
+    series = write_ct_series(tmp_path / "ct", num_slices=6, rows=32, cols=28,
+                             direction=np.column_stack([[-1.0, 0, 0], [0, -1.0, 0], [0, 0, 1.0]]))
+    prompt = ObjectPrompt.from_box3d(Box3D(6, 6, 1, 20, 24, 5))
+    result = segment_volume_file(predictor, series.folder, tmp_path / "seg.dcm", prompts=[prompt], window="400,40",
+                                 config=CONFIG, progress=False)
+    assert result.reorientation.flip == (False, True, True) and result.output.format == "dicom-seg"
+    volume = read_volume(series.folder)
+    uids = list(volume.metadata["dicom"].sop_instance_uids)
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    back = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False)
+    assert back.any() and np.array_equal(back, result.labels)
+    assert np.array_equal(result.oriented.oriented.labels_to_view(result.labels), result.segmentation.labels)
