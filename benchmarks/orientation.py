@@ -167,8 +167,8 @@ def main() -> int:
         for original, copy in zip(originals, copies):
             a = loader.load(original).volume
             b = loader.load(copy).volume
-            print(f"{original.key:<44} stored {orient_volume(a).reorientation.describe():<42} "
-                  f"RAS copy {orient_volume(b).reorientation.describe()}")
+            print(f"{original.key:<44} canonical view of the original: {orient_volume(a).reorientation.describe():<38} "
+                  f"of the RAS copy: {orient_volume(b).reorientation.describe()}")
         model = build_model(args.model, device=args.device)
         start = time.perf_counter()
         table = run_table(model, originals, copies, prompts=prompts, orientations=orientations, mode=args.mode,

@@ -235,3 +235,15 @@ def test_dicom_series_with_unusual_orientation_writes_dicom_seg_on_its_slices(tm
     back = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True, relabel=False)
     assert back.any() and np.array_equal(back, result.labels)
     assert np.array_equal(result.oriented.oriented.labels_to_view(result.labels), result.segmentation.labels)
+
+
+def test_an_empty_key_slice_is_named_by_its_stored_index():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from oracle_model import OracleModel
+
+    upside_down = flipped_copy(lps_volume(), flip=(True, False, False))
+    dark = ObjectPrompt(z=2, box=Box(1, 1, 4, 4))  # air: the stand-in model finds nothing there
+    with pytest.raises(PromptError, match="found nothing on its key slice 2 "):
+        segment_volume(Predictor(OracleModel()), upside_down, [dark], window="400,40", progress=False)

@@ -27,7 +27,7 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from medsam.errors import OutputError
+from medsam.errors import OutputError, PromptError
 from medsam.inference.predictor import Predictor
 from medsam.inference.propagate import (
     ObjectEnd,
@@ -214,7 +214,12 @@ def segment_volume(
     ]
     resolved = resolve_window(volume, window)
     view_u8 = apply_window(oriented.view, resolved)
-    result = segment_stack(predictor, view_u8, view_prompts, config, progress=progress, source=source)
+    try:
+        result = segment_stack(predictor, view_u8, view_prompts, config, progress=progress, source=source)
+    except PromptError as exc:  # e.g. an empty key slice: name it by its stored index
+        if reo.keeps_slice_axis and reo.flip[0]:
+            raise PromptError(slices_to_source(str(exc), reo.source_shape[0])) from exc
+        raise
     labels = result.labels if reo.is_identity else oriented.labels_to_source(result.labels)
     objects = objects_to_source(result.objects, labels, reo)
     return OrientedSegmentation(labels, objects, result, view_u8, oriented, str(resolved))
@@ -239,18 +244,17 @@ def objects_to_source(
     return tuple(out)
 
 
-def _end_to_source(end: ObjectEnd, depth: int) -> ObjectEnd:
-    """An end of a z-reversed view in stored slices: the direction turns, slice numbers in the reason too."""
+def slices_to_source(text: str, depth: int) -> str:
+    """A message about slices of a z-reversed view, with the slice numbers as stored slice indices."""
     import re
 
-    def flip(match: "re.Match[str]") -> str:
-        return f"{match.group(1)}{depth - 1 - int(match.group(2))}"
+    return re.sub(r"(z limit |slice )(\d+)", lambda m: f"{m.group(1)}{depth - 1 - int(m.group(2))}", text)
 
-    reason = end.reason
-    if reason == "reached the last slice":
-        reason = "reached the first slice"
-    reason = re.sub(r"(z limit |slice )(\d+)", flip, reason)
-    return ObjectEnd(end.object_id, -end.direction, depth - 1 - end.last_z, reason)
+
+def _end_to_source(end: ObjectEnd, depth: int) -> ObjectEnd:
+    """An end of a z-reversed view in stored slices: the direction turns, slice numbers in the reason too
+    ("reached the last slice" is the last in the direction of travel, true in both frames)."""
+    return ObjectEnd(end.object_id, -end.direction, depth - 1 - end.last_z, slices_to_source(end.reason, depth))
 
 
 def segment_volume_file(
@@ -301,7 +305,7 @@ def segment_volume_file(
     if not done.labels.any():
         raise OutputError(
             f"{input_path}: the propagation found nothing for any object; nothing was written. "
-            "Check the prompts (x, y in slice pixels, z = slice index)"
+            "Check the prompts (source-array indices: x, y = column, row of the stored slice; z = stored slice index)"
         )
     write_labels(done.labels, volume, target, label_names=label_names, overwrite=overwrite)
     if montage_path is not None:
