@@ -1,6 +1,11 @@
 """`medsam segment-volume INPUT (--box3d x0,y0,z0,x1,y1,z1 ... | --slice Z --box x0,y0,x1,y1 ... [--point x,y,1|0])
 -o OUT.nii.gz|OUT.nrrd|OUT.dcm|OUT_DIR [--format nifti|nrrd|mha|dicom-seg|rtstruct] [--window NAME|W,L]
-[--montage PNG] [--mode default|reference] [--label NAME ...] [--overwrite]`.
+[--montage PNG] [--mode default|reference] [--orientation canonical|lps|stored] [--label NAME ...] [--overwrite]`.
+
+Every coordinate on the command line is in source-array indices: x, y = column, row of the stored slice,
+z = stored slice index (as a viewer that shows the array as stored numbers them). The model itself sees the
+volume in the radiological orientation of its slice plane (--orientation canonical, the default; the
+reference mode defaults to stored); the labels are written on the input's own grid either way.
 
 Examples:
     medsam segment-volume ct_series/ --box3d 180,200,40,260,290,58 -o liver.nii.gz --window soft_tissue --montage liver.png
@@ -23,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "segment-volume",
         help="segment objects in a 3D volume (DICOM, NIfTI, NRRD, MHA, npz) by slice-to-slice propagation",
         description="Segment objects in a volume from a 3D box, or a box/clicks on one slice, propagated slice by "
-        "slice in both directions. Coordinates: x, y in slice pixels (column, row), z = slice index from 0. "
+        "slice in both directions. Coordinates are source-array indices: x, y = column, row of the stored slice, "
+        "z = stored slice index from 0 (whatever --orientation the model sees the volume in). "
         "Output: NIfTI/NRRD/MHA label volume on the input's exact grid, DICOM-SEG or RT-STRUCT for DICOM input.",
     )
     parser.add_argument("input", help="DICOM series folder or file, .nii/.nii.gz, .nrrd, .mha/.mhd or .npz volume, or a PACS "
@@ -47,6 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=_MODES, default="default",
                         help="default: stops where the object ends; reference: the official LiteMedSAM 3D procedure "
                         "(add --precision fp32 --backend torch for the official masks voxel for voxel)")
+    parser.add_argument("--orientation", choices=("canonical", "lps", "stored"), default=None,
+                        help="what the model sees: canonical = the radiological display orientation of the series' own "
+                        "slice plane (axial: anterior up, patient right on the left; slices kept), lps = strict LPS "
+                        "(may reslice sagittal/coronal series), stored = the arrays as stored. Default canonical "
+                        "(stored with --mode reference). Prompts stay in stored indices; labels land on the input grid")
     parser.add_argument("--label", action="append", default=[], metavar="NAME",
                         help="name of each object in order (DICOM-SEG segment label / RT-STRUCT ROI name)")
     parser.add_argument("--montage", default=None, metavar="PNG", help="also write a PNG of key slices with outlines")
@@ -114,16 +125,19 @@ def run(args: argparse.Namespace) -> int:
     result = segment_volume_file(
         predictor, args.input, args.output, prompts=prompts, window=args.window, output_format=args.output_format,
         montage_path=args.montage, config=config, label_names=args.label or None, series_uid=args.series_uid,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        orientation=args.orientation, overwrite=args.overwrite, progress=not args.no_progress,
     )
     seg = result.segmentation
     voxel_ml = float(np.prod(result.volume.spacing_mm)) / 1000.0
     print(f"volume {result.volume.shape[::-1]} (x, y, z), spacing {tuple(round(s, 3) for s in result.volume.spacing_mm[::-1])} mm, "
           f"window {result.window}, mode {args.mode}")
-    for obj in seg.objects:
+    print(f"orientation {result.reorientation.summary()}")
+    view_ends = result.oriented is not None and result.oriented.view_ends
+    for obj in result.objects:
         name = args.label[obj.object_id] if obj.object_id < len(args.label) else f"object {obj.object_id + 1}"
         where = f"slices {obj.z_range[0]}..{obj.z_range[1]}" if obj.z_range else "nothing"
         ends = "; ".join(f"{'up' if e.direction > 0 else 'down'}: {e.reason}" for e in obj.ends)
+        ends = f"view slices: {ends}" if ends and view_ends else ends
         print(f"label {obj.label} ({name}): {where}, {obj.voxels} voxels = {obj.voxels * voxel_ml:.2f} mL"
               + (f" ({ends})" if ends else ""))
     print(f"encoded {seg.slices_encoded} slices, decoded {seg.slices_visited}; wrote {result.output.path} "
