@@ -29,6 +29,7 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from medsam.errors import OutputError, PromptError
+from medsam.inference.interactive3d import DEFAULT_AGREEMENT, Click3D, InteractionResult, InteractiveVolume, KeyBox
 from medsam.inference.predictor import Predictor
 from medsam.inference.propagate import (
     ObjectEnd,
@@ -77,6 +78,7 @@ class OrientedSegmentation:
     view_u8: np.ndarray
     oriented: OrientedVolume
     window: str
+    interactions: tuple[InteractionResult, ...] = ()  # key boxes and clicks, in the order they ran (view slices)
 
     @property
     def reorientation(self) -> AxisReorientation:
@@ -199,11 +201,19 @@ def segment_volume(
     window: str = "auto",
     config: PropagationConfig = PropagationConfig(),
     orientation: str | None = None,
+    key_boxes: Sequence[tuple[KeyBox, int | None]] = (),
+    clicks: Sequence[Click3D] = (),
+    agreement: float = DEFAULT_AGREEMENT,
     progress: bool = True,
 ) -> OrientedSegmentation:
     """Window ``volume`` to uint8, reorient it (``orientation``; None = :func:`default_orientation` of the
     mode), propagate ``prompts`` (stored-array indices) through the view and map the labels back to the
-    stored grid."""
+    stored grid.
+
+    ``key_boxes`` (a box on a slice, with the label of the object it belongs to: None = one new object for all
+    such boxes) and ``clicks`` (corrective clicks [z, y, x], each one interaction after the segmentation) run
+    through :class:`medsam.inference.interactive3d.InteractiveVolume`: several key slices per object, several
+    parts on one slice, re-propagation from every click. All in stored-array indices as the prompts."""
     from medsam.preprocess.intensity import apply_window, resolve_window
 
     name = check_orientation(orientation or default_orientation(config.mode))
@@ -215,6 +225,10 @@ def segment_volume(
     ]
     resolved = resolve_window(volume, window)
     view_u8 = apply_window(oriented.view, resolved)
+    if key_boxes or clicks:
+        return _segment_interactively(
+            predictor, view_u8, view_prompts, key_boxes, clicks, oriented, str(resolved), config, agreement, source
+        )
     try:
         result = segment_stack(predictor, view_u8, view_prompts, config, progress=progress, source=source)
     except PromptError as exc:  # e.g. an empty key slice: name it by its stored index
@@ -224,6 +238,59 @@ def segment_volume(
     labels = result.labels if reo.is_identity else oriented.labels_to_source(result.labels)
     objects = objects_to_source(result.objects, labels, reo)
     return OrientedSegmentation(labels, objects, result, view_u8, oriented, str(resolved))
+
+
+def _segment_interactively(
+    predictor: Predictor,
+    view_u8: np.ndarray,
+    view_prompts: Sequence[ObjectPrompt],
+    key_boxes: Sequence[tuple[KeyBox, int | None]],
+    clicks: Sequence[Click3D],
+    oriented: OrientedVolume,
+    window: str,
+    config: PropagationConfig,
+    agreement: float,
+    source: str,
+) -> OrientedSegmentation:
+    """Objects from the prompts and key boxes, then the clicks, in an InteractiveVolume on the view."""
+    reo = oriented.reorientation
+    if config.mode != "default":
+        raise PromptError("key boxes and clicks need the default propagation mode (not --mode reference)")
+    if not reo.keeps_slice_axis:
+        reo.require_slice_axis("key boxes and clicks")
+    depth, h, w = reo.source_shape
+    start = time.perf_counter()
+    iv = InteractiveVolume(predictor, view_u8, config=config, agreement=agreement, source=source)
+    done: list[InteractionResult] = []
+    for i, prompt in enumerate(view_prompts):
+        done.append(iv.add_object(prompt=prompt, label=i + 1))
+    groups: dict[int, list[KeyBox]] = {}
+    new_label = len(view_prompts) + 1
+    for key, label in key_boxes:
+        if not 0 <= key.z < depth:
+            raise PromptError(f"key box on slice {key.z}: the volume has slices 0..{depth - 1} (stored slice indices)")
+        key_box = key.box.validate((h, w), source=f"key box on slice {key.z}")
+        z_view, box_view = reo.box_to_view(key.z, key_box)
+        groups.setdefault(new_label if label is None else int(label), []).append(KeyBox(z_view, box_view))
+    for label, keys in groups.items():
+        done.append(iv.add_object(key_boxes=keys, label=label))
+    for click in clicks:
+        if not (0 <= click.z < depth and 0 <= click.y <= h - 1 and 0 <= click.x <= w - 1):
+            raise PromptError(f"click {click.describe()} lies outside the volume of {depth} slices of {h} rows and {w} "
+                              "columns (stored-array indices [z, y, x])")
+        (z_view, y_view, x_view), = reo.indices_to_view(np.array([[click.z, click.y, click.x]], dtype=np.float64))
+        done.append(iv.click(Click3D(int(round(z_view)), float(y_view), float(x_view), click.label, click.object_label)))
+    view_labels = iv.labels()
+    labels = view_labels if reo.is_identity else oriented.labels_to_source(view_labels)
+    summaries = []
+    for k, label in enumerate(iv.object_labels):
+        mask = labels == label
+        zs = np.flatnonzero(mask.reshape(depth, -1).any(axis=1))
+        z_range = (int(zs[0]), int(zs[-1])) if zs.size else None
+        summaries.append(ObjectTrackSummary(k, label, z_range, int(mask.sum()), ()))
+    seg = StackSegmentation(view_labels, tuple(summaries), iv.slices_decoded, iv.encoder.encoded,
+                            time.perf_counter() - start, config)
+    return OrientedSegmentation(labels, tuple(summaries), seg, view_u8, oriented, window, tuple(done))
 
 
 def objects_to_source(
@@ -271,6 +338,9 @@ def segment_volume_file(
     label_names: Sequence[str] | None = None,
     series_uid: str | None = None,
     orientation: str | None = None,
+    key_boxes: Sequence[tuple[KeyBox, int | None]] = (),
+    clicks: Sequence[Click3D] = (),
+    agreement: float = DEFAULT_AGREEMENT,
     overwrite: bool = False,
     progress: bool = True,
 ) -> VolumeSegmentationResult:
@@ -302,7 +372,8 @@ def segment_volume_file(
 
         dicom_info(volume, what="DICOM-SEG" if target.format == "dicom-seg" else "RT-STRUCT")
     done = segment_volume(
-        predictor, volume, prompts, window=window, config=config, orientation=orientation, progress=progress
+        predictor, volume, prompts, window=window, config=config, orientation=orientation, key_boxes=key_boxes,
+        clicks=clicks, agreement=agreement, progress=progress,
     )
     if not done.labels.any():
         raise OutputError(
