@@ -98,7 +98,8 @@ def run_table(
     mode: str = "default",
     progress: bool = True,
 ) -> dict[tuple[str, str, str], dict[str, tuple[float, float]]]:
-    """{(data, orientation, prompt): {case key: (DSC, NSD)}} for data "original" and "RAS copy"."""
+    """{(data, orientation, prompt): {case key: (DSC, NSD, DSC per step, NSD per step, DSC_AUC, NSD_AUC)}} for data
+    "original" and "RAS copy" (the per-step values and AUCs only under the 3D click protocol, clicks:N)."""
     from medsam.evaluation import evaluate
 
     table: dict[tuple[str, str, str], dict[str, tuple[float, float]]] = {}
@@ -109,7 +110,8 @@ def run_table(
             for row in result.rows:
                 key = (data_name, orientation, row.prompt)
                 table.setdefault(key, {})[f"{row.dataset}/{row.case}"] = (
-                    (row.dsc, row.nsd) if row.ok else (float("nan"), float("nan"))
+                    (row.dsc, row.nsd, row.dsc_per_click, row.nsd_per_click, row.dsc_auc, row.nsd_auc) if row.ok
+                    else (float("nan"), float("nan"), (), (), float("nan"), float("nan"))
                 )
                 if not row.ok:
                     print(f"  {data_name} {orientation} {row.dataset}/{row.case}: {row.status} {row.message}", file=sys.stderr)
@@ -128,13 +130,30 @@ def print_table(table, prompts: Sequence[str], orientations: Sequence[str]) -> N
             for d, o in columns:
                 values = table[(d, o, prompt)]
                 dsc, nsd = (np.nanmean([v[0] for v in values.values()]), np.nanmean([v[1] for v in values.values()])) \
-                    if key == "mean" else values[key]
+                    if key == "mean" else values[key][:2]
                 cells.append(f"{dsc:>10.3f} / {nsd:.3f}")
             print(f"{key[-44:]:<44}" + "".join(f"{c:>22}" for c in cells))
         if "canonical" in orientations:
             a, b = table[("original", "canonical", prompt)], table[("RAS copy", "canonical", prompt)]
             worst = max(abs(a[k][0] - b[k][0]) for k in keys)
             print(f"max |DSC(original) - DSC(RAS copy)| seen canonical: {worst:.2e} (must be 0)")
+        steps = [len(v[2]) for v in table[(columns[0][0], columns[0][1], prompt)].values() if v[2]]
+        if steps:  # the 3D click protocol: mean DSC / NSD after the box (0) and after clicks 1, 3, 5 (as there are)
+            n = min(steps)
+            shown = [k for k in (0, 1, 3, 5) if k < n] + ([n - 1] if n - 1 not in (0, 1, 3, 5) else [])
+            print(f"\nprompt {prompt}, the CVPR 2025 protocol: mean DSC / NSD after the box (step 0) and after clicks")
+            print(f"{'step':<44}" + "".join(f"{d + ' ' + o:>22}" for d, o in columns))
+            for k in shown:
+                cells = []
+                for d, o in columns:
+                    values = [v for v in table[(d, o, prompt)].values() if len(v[2]) > k]
+                    cells.append(f"{np.mean([v[2][k] for v in values]):>10.3f} / {np.mean([v[3][k] for v in values]):.3f}")
+                print(f"{'after the box' if k == 0 else f'after {k} click(s)':<44}" + "".join(f"{c:>22}" for c in cells))
+            cells = []
+            for d, o in columns:
+                values = table[(d, o, prompt)].values()
+                cells.append(f"{np.nanmean([v[4] for v in values]):>10.3f} / {np.nanmean([v[5] for v in values]):.3f}")
+            print(f"{'DSC_AUC / NSD_AUC':<44}" + "".join(f"{c:>22}" for c in cells))
 
 
 def main() -> int:

@@ -39,6 +39,7 @@ def run_npz(args: argparse.Namespace) -> int:
 
         os.environ.setdefault("MEDSAM_CACHE_DIR", str(cache_dir / "models"))  # exported engines survive the call
         predictor_kwargs["disk_cache"] = DiskEmbeddingCache(cache_dir / "embeddings")
+        predictor_kwargs["lazy_encoder"] = True  # a click step finds every slice it needs on disk
     predictor = load_predictor(args, **predictor_kwargs)
     count = 0
     if len(interactive) < len(files):
