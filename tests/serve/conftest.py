@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi) is not installed")
 
-from ._helpers import ct_ball, disc  # noqa: E402
+from ._helpers import ct_ball, disc, load_test_module  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
 def _dicom_synth():
-    spec = importlib.util.spec_from_file_location("dicom_synth", HERE.parent / "io" / "dicom_synth.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_module("dicom_synth", HERE.parent / "io" / "dicom_synth.py")
 
 
 @pytest.fixture

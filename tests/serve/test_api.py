@@ -11,7 +11,7 @@ import pytest
 
 from medsam.serve.masks import decode_payload
 
-from ._helpers import open_session, png_array
+from ._helpers import open_session, png_array, wait_job
 
 
 def prompt(client, sid, z=0, **body):
@@ -397,16 +397,6 @@ def test_host_header_guard(client):
 
 
 # --- propagation -------------------------------------------------------------------------------------------
-
-
-def wait_job(client, sid, job_id, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        job = client.get(f"/api/sessions/{sid}/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def test_propagate(client, tmp_path):

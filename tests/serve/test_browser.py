@@ -6,27 +6,15 @@ from __future__ import annotations
 
 import csv
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ._helpers import png_array
+from ._helpers import CHROMIUM, browser, png_array, wait_job
 from .live import live_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 PROJECT = Path(__file__).resolve().parents[2]
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CASE_IMAGE = "ct_slices/images/amos_0004_75.png"
 
 
@@ -53,13 +41,7 @@ def test_annotate_in_browser(shared_dir, lite_medsam, make_app, tmp_path):
 
     app = make_app(model=lite_medsam, data_root=shared_dir / "data", warm_up=True)
     with live_server(app) as url, sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1280, "height": 860},
-        )
+        context = browser(pw, tmp_path)
         try:
             page = context.new_page()
             problems: list[str] = []
@@ -150,17 +132,9 @@ def test_click_on_a_propagated_slice_re_propagates_in_browser(make_app, data_roo
         sid = api.post("/api/sessions", json={"path": "tube.nrrd"}).json()["id"]
         assert api.post(f"/api/sessions/{sid}/slices/10/prompts", json={"box": [22, 22, 38, 38]}).status_code == 200
         assert api.post(f"/api/sessions/{sid}/slices/10/accept", json={"label": "ball"}).status_code == 200
-        job = api.post(f"/api/sessions/{sid}/propagate", json={"label": "ball", "z_range": [0, 23]}).json()
-        for _ in range(600):
-            job = api.get(f"/api/sessions/{sid}/jobs/{job['id']}").json()
-            if job["state"] not in ("queued", "running"):
-                break
-            time.sleep(0.05)
+        job = wait_job(api, sid, api.post(f"/api/sessions/{sid}/propagate", json={"label": "ball", "z_range": [0, 23]}).json()["id"])
         assert job["state"] == "done" and 23 in api.get(f"/api/sessions/{sid}/labels").json()["labels"][0]["slices"]
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
-            viewport={"width": 1100, "height": 800},
-        )
+        context = browser(pw, tmp_path, 1100, 800)
         try:
             page = context.new_page()
             problems: list[str] = []

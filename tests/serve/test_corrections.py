@@ -4,25 +4,18 @@ segments the bright pixels inside the prompt box, so every expected mask is exac
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ._helpers import open_session, png_array
+from ._helpers import load_test_module, open_session, png_array, wait_job
 
 HERE = Path(__file__).resolve().parent
 
 
 def _oracle():
-    spec = importlib.util.spec_from_file_location("oracle_model", HERE.parent / "inference" / "oracle_model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module.OracleModel()
+    return load_test_module("oracle_model", HERE.parent / "inference" / "oracle_model.py").OracleModel()
 
 
 def ball_and_tube() -> np.ndarray:
@@ -44,16 +37,6 @@ def oracle_client(make_client, data_root):
 
     sitk.WriteImage(sitk.GetImageFromArray(ball_and_tube()), str(data_root / "tube.nrrd"))
     return make_client(model=_oracle(), refinement="box_update")
-
-
-def wait_job(client, sid, job_id, timeout=60.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        job = client.get(f"/api/sessions/{sid}/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def slices_of(client, sid) -> list[int]:

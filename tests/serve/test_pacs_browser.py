@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from .live import live_server
-from .test_browser import CHROMIUM, FLAGS
+from ._helpers import CHROMIUM, browser
 from .test_pacs import SHAPE, OracleModel  # noqa: F401 - pacs_ct is a fixture of that module
 from .test_pacs import pacs_ct  # noqa: F401
 
@@ -25,10 +25,7 @@ def test_open_from_pacs_and_export_back_in_the_browser(make_app, pacs_ct, pacs_e
     series, block = pacs_ct
     app = make_app(model=OracleModel(), dicomweb_url=pacs_env.dicomweb_url)
     with live_server(app) as url, sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 860},
-        )
+        context = browser(pw, tmp_path)
         try:
             page = context.new_page()
             problems: list[str] = []
