@@ -136,12 +136,13 @@ def run_batch(
                 for event in executor.wait(timeout=1.0):
                     job = by_id[event.job_id]
                     in_flight.discard(job.id)
+                    if isinstance(event, Lost):
+                        _clean_partials(out_dir, job.id)
                     if isinstance(event, Lost) and event.startup:
                         pending.appendleft(job)  # the worker never started: not the job's fault
                         continue
                     if isinstance(event, Lost):
                         lost_count += 1
-                        _clean_partials(out_dir, job.id)
                         lost_in_run[job.id] = lost_in_run.get(job.id, 0) + 1
                         if lost_in_run[job.id] <= retries:
                             journal.append("lost", run=run_id, job=job.id, fingerprint=job.fingerprint,

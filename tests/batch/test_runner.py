@@ -1,0 +1,107 @@
+"""One job on a worker, in this process: every kind through the toolkit's entry points, failures whole."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medsam.batch.jobs import JobDefaults, ModelRef, build_job, load_jobs
+from medsam.batch.runner import PredictorPool, WorkerSettings, object_prompts, run_job, run_job_in_memory
+
+from _data import BAD_IDS, GOOD_IDS, mixed_studies
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    return load_jobs(mixed_studies(root), JobDefaults(ModelRef("tiny_lite")))
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return PredictorPool(WorkerSettings(precision="fp32", backend="torch"))
+
+
+EXPECTED = {
+    "img0": ["img0_mask.png", "img0_overlay.png"],
+    "img1": ["img1_mask.png"],
+    "recist": ["img2_mask.png"],
+    "everything": ["img2_labels.png", "img2_proposals.json"],
+    "ct": ["ct_montage.png", "ct_seg.nii.gz"],
+    "ct_slice": ["ct_seg.nrrd"],
+    "npz3d": ["3DBox_CT_0001.npz"],
+    "npz2d": ["2DBox_US_0001.npz"],
+    "video": ["clip_segs.npz"],
+}
+
+
+def test_every_kind_writes_its_outputs(studies, pool, tmp_path):
+    from PIL import Image
+
+    by_id = {j.id: j for j in studies.jobs}
+    for job_id in GOOD_IDS:
+        result = run_job(by_id[job_id], tmp_path, pool)
+        assert result.ok, (job_id, result.error, result.detail)
+        assert list(result.files) == EXPECTED[job_id]
+        assert sorted(p.name for p in (tmp_path / job_id).iterdir()) == EXPECTED[job_id]
+    assert pool.loads == 1  # one model for every job
+    two = np.asarray(Image.open(tmp_path / "img1" / "img1_mask.png"))
+    assert two.shape == (96, 128) and set(np.unique(two)) <= {0, 1, 2}  # a label map for two objects
+    with np.load(tmp_path / "npz3d" / "3DBox_CT_0001.npz") as segs:
+        assert segs["segs"].shape == (12, 40, 48)
+    with np.load(tmp_path / "video" / "clip_segs.npz") as segs:
+        assert segs["segs"].shape == (6, 96, 128)
+    document = json.loads((tmp_path / "everything" / "img2_proposals.json").read_text())
+    assert "seconds" not in json.dumps(document["info"])  # no timings: the same job gives the same bytes
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
+
+
+def test_bad_jobs_fail_with_their_reason_and_leave_nothing(studies, pool, tmp_path):
+    by_id = {j.id: j for j in studies.jobs}
+    corrupt = run_job(by_id["corrupt"], tmp_path, pool)
+    assert not corrupt.ok and "corrupt.png cannot be decoded" in corrupt.error and "corrupt" in corrupt.error
+    missing = run_job(by_id["missing"], tmp_path, pool)
+    assert not missing.ok and "missing.nii.gz does not exist" in missing.error and "jobs.jsonl line" in missing.error
+    half = run_job(by_id["half"], tmp_path, pool)
+    assert not half.ok and "DICOM" in half.error, half.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the NIfTI written before the failure is gone too
+    assert "badbox" in {p.id for p in studies.problems} and set(BAD_IDS) - {"badbox"} <= {j.id for j in studies.jobs}
+
+
+def test_unexpected_errors_are_named_with_a_traceback(studies, pool, tmp_path, monkeypatch):
+    import medsam.batch.runner as runner
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("deep inside torch\nmore lines\nthe last line")
+
+    monkeypatch.setattr(runner, "_image", boom)
+    result = run_job(next(j for j in studies.jobs if j.id == "img1"), tmp_path, pool)
+    assert not result.ok and "unexpected RuntimeError: the last line" in result.error
+    assert "Traceback" in result.detail and "boom" in result.detail
+
+
+def test_in_memory_results_carry_the_same_bytes(studies, pool, tmp_path):
+    job = next(j for j in studies.jobs if j.id == "ct")
+    on_disk = run_job(job, tmp_path, pool)
+    in_memory = run_job_in_memory(job, pool)
+    assert in_memory.files == on_disk.files
+    assert all(in_memory.payload[f] == (tmp_path / "ct" / f).read_bytes() for f in on_disk.files)
+
+
+def test_key_boxes_and_clicks_become_the_object_prompt(tmp_path):
+    from medsam.errors import PromptError
+    from medsam.types import Box
+
+    job = build_job({"input": "ct.nii.gz", "key_boxes": [{"z": 6, "box": [16, 12, 32, 28]}],
+                     "clicks": [[6, 20, 24, 1], [6, 13, 17, 0]], "z_range": [3, 9]}, base=tmp_path)
+    (prompt,) = object_prompts(job)
+    assert (prompt.z, prompt.box, prompt.z_limits) == (6, Box(16, 12, 32, 28), (3, 9))
+    assert prompt.points.coords.tolist() == [[24, 20], [17, 13]] and prompt.points.labels.tolist() == [1, 0]
+    several = build_job({"input": "ct.nii.gz", "key_boxes": "4:1,1,9,9;8:2,2,9,9"}, base=tmp_path)
+    with pytest.raises(PromptError, match="one key slice per object"):
+        object_prompts(several)
+    off = build_job({"input": "ct.nii.gz", "key_boxes": "4:1,1,9,9", "clicks": "7,3,3,1"}, base=tmp_path)
+    with pytest.raises(PromptError, match="slice\\(s\\) 7 besides the key slice 4"):
+        object_prompts(off)
