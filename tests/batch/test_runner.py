@@ -105,3 +105,24 @@ def test_key_boxes_and_clicks_become_the_object_prompt(tmp_path):
     off = build_job({"input": "ct.nii.gz", "key_boxes": "4:1,1,9,9", "clicks": "7,3,3,1"}, base=tmp_path)
     with pytest.raises(PromptError, match="slice\\(s\\) 7 besides the key slice 4"):
         object_prompts(off)
+
+
+def test_a_folder_of_cvpr25_cases_segments_each_class_box(tmp_path, pool):
+    from _data import ball_volume
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    vol = np.clip(ball_volume() + 1000, 0, 255).astype(np.uint8)
+    box = {"z_min": 3, "z_max": 9, "z_mid": 6, "z_mid_x_min": 16, "z_mid_y_min": 12, "z_mid_x_max": 32, "z_mid_y_max": 28}
+    np.savez_compressed(cases / "CT_Abdomen_001.npz", imgs=vol, spacing=np.array([2.5, 0.8, 0.8]),
+                        boxes=np.array([box, dict(box, z_min=5, z_max=6)], dtype=object))
+    (job,) = load_jobs(cases, JobDefaults(ModelRef("tiny_lite"))).jobs
+    assert job.kind == "npz"
+    result = run_job(job, tmp_path / "out", pool)
+    assert result.ok, result.error
+    assert result.summary == "3D npz (CVPR25), 2 object(s)"
+    with np.load(tmp_path / "out" / job.id / "CT_Abdomen_001.npz") as data:
+        segs = data["segs"]
+    assert segs.shape == vol.shape and set(np.unique(segs)) <= {0, 1, 2}
+    assert not segs[:3].any() and not segs[10:].any()  # each class stays inside its z extent
+    assert not (segs == 2)[:5].any() and not (segs == 2)[7:].any()

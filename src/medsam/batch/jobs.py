@@ -7,7 +7,8 @@ segment everything), the model and the outputs to write. Sources (:func:`load_jo
 - ``JOBS.csv``: one job per row, list values written ``a,b,c;d,e,f`` (groups by ``;``, numbers by ``,``); or a
   detector's boxes, one object per row in columns ``x0, y0, x1, y1`` (and ``z0, z1`` for a 3D box): rows with
   the same ``id`` (or, without ids, the same ``input``) make one job;
-- a folder: every ``*.npz`` in it is a CVPR 2024/2025 case with its own boxes; or its images with the prompts
+- a folder: every ``*.npz`` in it is a CVPR 2024 case (``boxes`` rows) or CVPR 2025 case (``boxes`` dicts, read
+  by :mod:`medsam.io.cvpr25`) with its own boxes; or its images with the prompts
   CSV beside them (``prompts.csv`` / ``jobs.csv``, paths relative to the folder).
 
 Fields (JSONL keys = CSV columns; only ``input`` is required):

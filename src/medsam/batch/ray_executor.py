@@ -89,7 +89,10 @@ class RayExecutor:
         ray = self._ray = import_ray()
         self.out_dir = Path(out_dir)
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+            import logging
+
+            kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
+                                      "logging_level": logging.WARNING}
             if self.address:
                 kwargs["address"] = self.address
             else:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from medsam.batch.jobs import LABEL_VOLUME_FORMATS, Job, ModelRef
+import numpy as np
+
 from medsam.errors import InputError, MedsamError, PromptError
 
 
@@ -257,8 +259,6 @@ def object_prompts(job: Job) -> list:
             )
         points = None
         if job.clicks:
-            import numpy as np
-
             points = Points(np.array([[c.x, c.y] for c in job.clicks]), np.array([c.label for c in job.clicks]))
         box = job.key_boxes[0].box if job.key_boxes else None
         prompts.append(ObjectPrompt(z=z, box=box, points=points, z_limits=job.z_range))
@@ -292,10 +292,36 @@ def _volume(job: Job, folder: Path, pool: PredictorPool) -> str:
 
 def _npz(job: Job, folder: Path, pool: PredictorPool) -> str:
     from medsam.inference.cvpr24 import segment_npz_case
+    from medsam.io.cvpr25 import is_cvpr25_case
 
+    if is_cvpr25_case(job.input):
+        return _cvpr25(job, folder, pool)
     result = segment_npz_case(pool.get(job.model), job.input, folder / job.input.name,
                               config=_config(job, pool))
     return f"{'3D' if result.is_3d else '2D'} npz, {result.objects} object(s)"
+
+
+def _cvpr25(job: Job, folder: Path, pool: PredictorPool) -> str:
+    """A CVPR25 case: each class box propagated from its key slice within its z extent; ``segs`` out."""
+    from dataclasses import replace
+
+    from medsam.inference.propagate import ObjectPrompt, segment_stack
+    from medsam.io.cvpr25 import read_cvpr25_case
+    from medsam.io.npz import write_npz_segs
+
+    case = read_cvpr25_case(job.input)
+    if not case.boxes:
+        raise InputError(f"{job.input} has no 'boxes'; this CVPR25 case needs one box per class to segment")
+    volume = case.imgs
+    if volume.dtype != np.uint8:
+        from medsam.preprocess.intensity import apply_window
+
+        volume = apply_window(volume, "auto")
+    prompts = [ObjectPrompt(z=b.z_mid, box=b.box, z_limits=(b.z_min, b.z_max), extent=b.box) for b in case.boxes]
+    seg = segment_stack(pool.get(job.model), volume, prompts, replace(_config(job, pool), require_key_mask=False),
+                        progress=False, source=str(job.input))
+    write_npz_segs(seg.labels, folder / job.input.name)
+    return f"3D npz (CVPR25), {len(prompts)} object(s)"
 
 
 def _video(job: Job, folder: Path, pool: PredictorPool) -> str:
