@@ -60,13 +60,13 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from medsam.errors import InputError, MedsamError, PromptError
+from medsam.io.raster import RASTER_SUFFIXES
+from medsam.io.video import VIDEO_SUFFIXES
 from medsam.types import Box, Box3D, Points
 
 JobKind = Literal["image", "volume", "npz", "video"]
 KINDS: tuple[str, ...] = ("image", "volume", "npz", "video")
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".gif")
 _STRIP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".npz", ".dcm") + RASTER_SUFFIXES + VIDEO_SUFFIXES
 
 #: Output formats per kind; the first is the default. Everything (no prompt) has its own on images and volumes.
@@ -358,6 +358,14 @@ def _absolute(text: str, base: Path) -> Path:
     return Path(os.path.abspath(path if path.is_absolute() else base / path))
 
 
+def strip_suffix(name: str) -> str:
+    """A file name without its image, volume or video suffix (``ct.nii.gz`` -> ``ct``; a folder's name stays)."""
+    for suffix in sorted(_STRIP_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def default_id(input_path: Path, base: Path) -> str:
     """``sub/ct_001.nii.gz`` -> ``sub__ct_001``: stable across reruns, unique for distinct inputs."""
     try:
@@ -365,11 +373,7 @@ def default_id(input_path: Path, base: Path) -> str:
         parts = list(rel.parts)
     except ValueError:
         parts = [input_path.name]
-    name = parts[-1] if parts else "input"
-    for suffix in sorted(_STRIP_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            name = name[: -len(suffix)]
-            break
+    name = strip_suffix(parts[-1] if parts else "input")
     text = "__".join(parts[:-1] + [name])
     text = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("._-")
     return text[:200] or "job"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsam.batch.jobs import LABEL_VOLUME_FORMATS, Job, ModelRef
+from medsam.batch.jobs import LABEL_VOLUME_FORMATS, Job, ModelRef, strip_suffix
 import numpy as np
 
 from medsam.errors import InputError, MedsamError, PromptError
@@ -201,13 +201,7 @@ def execute(job: Job, folder: Path, pool: PredictorPool) -> str:
 
 
 def _stem(job: Job) -> str:
-    from medsam.inference.segment3d import input_stem
-
-    stem = input_stem(job.input)
-    for suffix in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".gif"):
-        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return stem
+    return strip_suffix(job.input.name) or "input"
 
 
 def _config(job: Job, pool: PredictorPool, **kwargs: Any):
