@@ -13,7 +13,9 @@ as two batches into fresh output folders with the default engine (what `medsam b
 - ``ray xW``: ``RayExecutor`` on a local Ray instance with W actors x cores/W CPUs (actor start and model load
   included; ``ray.init`` itself is timed apart, once).
 
-Printed per row: seconds, jobs per minute, the ratio to ``direct``; then the Ray overhead against local at the
+The configurations run in rounds, forwards then backwards (``--rounds``, default 2), so a load that drifts during
+the run weighs on all of them alike; each row is the median of its rounds. Printed per row: seconds, jobs per
+minute, the ratio to ``direct``; then the Ray overhead against local at the
 same worker count. The load average is printed before and after: on a shared machine every figure drifts.
 
 Spreading over a multi-node Ray cluster (``--executor ray --ray-address ray://head:10001``): the driver keeps
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--model", default="lite_medsam")
     parser.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over every configuration (median reported)")
     args = parser.parse_args()
     if not (DATA / "cases.csv").is_file():
         raise SystemExit(f"the development data {DATA} is absent")
@@ -126,36 +129,42 @@ def main() -> None:
         p2, p3 = write_jobs(work, args.cases_2d, args.volumes)
         sets = {"2D": load_jobs(p2, JobDefaults(ModelRef(args.model))), "3D": load_jobs(p3, JobDefaults(ModelRef(args.model)))}
         PredictorPool(WorkerSettings()).get(ModelRef(args.model))  # exported engine graphs cached before timing
-        rows: list[tuple[str, str, int, float]] = []
-        for name, jobs in sets.items():
-            rows.append(("direct", name, len(jobs), run_direct(jobs, work / f"direct-{name}")))
-            print(f"  direct {name}: {rows[-1][3]:.1f} s", flush=True)
         worker_counts = [int(w) for w in args.workers.split(",")]
+        configs = [("direct", 0)] + [(e, w) for e in args.executors.split(",") for w in worker_counts]
         ray_start = None
-        for executor_name in args.executors.split(","):
-            if executor_name == "ray":
-                import ray
+        if any(e == "ray" for e, _ in configs):
+            import ray
 
-                t = time.perf_counter()
-                ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
-                ray_start = time.perf_counter() - t
-            for workers in worker_counts:
-                settings = WorkerSettings(threads=plan_threads(workers, cores=cores))
+            t = time.perf_counter()
+            ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+            ray_start = time.perf_counter() - t
+        # Rounds in alternating order (forwards, then backwards, ...): a load that drifts during the run then
+        # weighs on every configuration alike; each row is the median over the rounds.
+        times: dict[tuple[str, str], list[float]] = {}
+        for round_index in range(args.rounds):
+            order = configs if round_index % 2 == 0 else configs[::-1]
+            for executor_name, workers in order:
+                label = "direct" if executor_name == "direct" else f"{executor_name} x{workers}"
                 for name, jobs in sets.items():
-                    if executor_name == "ray":
-                        from medsam.batch.ray_executor import RayExecutor
-
-                        executor = RayExecutor(settings, workers)
+                    out = work / f"r{round_index}-{label.replace(' ', '')}-{name}"
+                    if executor_name == "direct":
+                        seconds = run_direct(jobs, out)
                     else:
-                        executor = LocalExecutor(settings, workers)
-                    label = f"{executor_name} x{workers}"
-                    seconds = run_executor(jobs, work / f"{executor_name}{workers}-{name}", executor)
-                    rows.append((label, name, len(jobs), seconds))
-                    print(f"  {label} ({settings.threads} thread(s) each) {name}: {seconds:.1f} s", flush=True)
-            if executor_name == "ray":
-                import ray
+                        settings = WorkerSettings(threads=plan_threads(workers, cores=cores))
+                        if executor_name == "ray":
+                            from medsam.batch.ray_executor import RayExecutor
 
-                ray.shutdown()
+                            executor = RayExecutor(settings, workers)
+                        else:
+                            executor = LocalExecutor(settings, workers)
+                        seconds = run_executor(jobs, out, executor)
+                    times.setdefault((label, name), []).append(seconds)
+                    print(f"  round {round_index + 1} {label} {name}: {seconds:.1f} s (load {load()})", flush=True)
+        if ray_start is not None:
+            import ray
+
+            ray.shutdown()
+        rows = [(label, name, len(sets[name]), float(np.median(t))) for (label, name), t in times.items()]
         base = {name: s for label, name, _, s in rows if label == "direct"}
         print(f"\nload after: {load()}")
         print(f"{'run':<10} {'set':<4} {'jobs':>5} {'seconds':>8} {'jobs/min':>9} {'vs direct':>9}")
@@ -169,11 +178,12 @@ def main() -> None:
                     print(f"Ray overhead, {workers} worker(s), {name}: {remote - local:+.1f} s ({remote / local:.2f}x local)")
         if ray_start is not None:
             print(f"ray.init (local instance, once): {ray_start:.1f} s, not in the rows above")
+        reference = {name: work / f"r0-direct-{name}" for name in sets}
         same = all(
-            (work / f"direct-{name}" / rel).read_bytes() == (work / f"{label}-{name}" / rel).read_bytes()
+            (reference[name] / p.relative_to(reference[name])).read_bytes() == (out / p.relative_to(reference[name])).read_bytes()
             for name in sets
-            for label in [f"{e}{w}" for e in args.executors.split(",") for w in worker_counts]
-            for rel in [str(p.relative_to(work / f"direct-{name}")) for p in (work / f"direct-{name}").rglob("*") if p.is_file()]
+            for out in work.glob(f"r*-{name}")
+            for p in reference[name].rglob("*") if p.is_file()
         )
         print(f"outputs byte-identical across every run: {same}")
     finally:
