@@ -54,25 +54,25 @@ def load() -> str:
         return "?"
 
 
-def write_jobs(folder: Path, cases_2d: int, volumes: int) -> tuple[Path, Path]:
+def write_jobs(folder: Path, cases_2d: int, volumes: int, data: Path = DATA) -> tuple[Path, Path]:
     """jobs_2d.jsonl and jobs_3d.jsonl with boxes from the reference masks."""
     from PIL import Image
 
-    with (DATA / "cases.csv").open() as fh:
+    with (data / "cases.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     two_d = [r for r in rows if r["dims"] == "2d"]
     jobs_2d = []
     for i in range(cases_2d):
         r = two_d[i % len(two_d)]
-        mask = np.asarray(Image.open(DATA / r["mask"]))
+        mask = np.asarray(Image.open(data / r["mask"]))
         if mask.ndim == 3:
             mask = mask[..., 0]
         ys, xs = np.nonzero(mask == int(r["label"]) if r["label"] else mask)
         repeat = i // len(two_d)
-        jobs_2d.append({"id": f"{r['case']}" + (f"-r{repeat}" if repeat else ""), "input": str(DATA / r["image"]),
+        jobs_2d.append({"id": f"{r['case']}" + (f"-r{repeat}" if repeat else ""), "input": str(data / r["image"]),
                         "boxes": [[int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]]})
     jobs_3d = []
-    for path in sorted((DATA / "ct_lesions_3d").glob("*.npz"))[:volumes]:
+    for path in sorted((data / "ct_lesions_3d").glob("*.npz"))[:volumes]:
         with np.load(path) as data:
             zs, ys, xs = np.nonzero(data["gts"])
         jobs_3d.append({"id": path.stem, "input": str(path), "outputs": ["nifti"],
@@ -114,9 +114,10 @@ def main() -> None:
     parser.add_argument("--executors", default="local,ray", help="comma-separated: local, ray")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--rounds", type=int, default=2, help="rounds over every configuration (median reported)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the team's data folder (default ../shared/data)")
     args = parser.parse_args()
-    if not (DATA / "cases.csv").is_file():
-        raise SystemExit(f"the development data {DATA} is absent")
+    if not (args.data / "cases.csv").is_file():
+        raise SystemExit(f"the development data {args.data} is absent")
 
     from medsam.batch.executors import LocalExecutor, available_cores, plan_threads
     from medsam.batch.jobs import JobDefaults, ModelRef, load_jobs
@@ -126,7 +127,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="medsam-batch-bench-"))
     print(f"load before: {load()}; {cores} cores; model {args.model}; work in {work}")
     try:
-        p2, p3 = write_jobs(work, args.cases_2d, args.volumes)
+        p2, p3 = write_jobs(work, args.cases_2d, args.volumes, args.data)
         sets = {"2D": load_jobs(p2, JobDefaults(ModelRef(args.model))), "3D": load_jobs(p3, JobDefaults(ModelRef(args.model)))}
         PredictorPool(WorkerSettings()).get(ModelRef(args.model))  # exported engine graphs cached before timing
         worker_counts = [int(w) for w in args.workers.split(",")]
