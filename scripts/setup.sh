@@ -24,5 +24,18 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup.sh: not root, so chromium is not installed; the browser test will skip" >&2
   fi
 fi
+# The DICOMweb tests (tests/io/test_dicomweb.py and friends) run against a real Orthanc with its DICOMweb plugin,
+# started by a pytest fixture on 127.0.0.1 (never here: the packages' own service is not started, Debian's
+# policy-rc.d or the missing init keep it down), and validate the stored DICOM-SEG / RT-STRUCT with dciodvfy
+# (dicom3tools). Where they cannot be installed those tests skip with the reason.
+if { [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || ! command -v dciodvfy >/dev/null 2>&1; } \
+    && command -v apt-get >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dicom3tools >/dev/null) \
+      || echo "setup.sh: orthanc / orthanc-dicomweb / dicom3tools could not be installed; the DICOMweb tests will skip" >&2
+  else
+    echo "setup.sh: not root, so orthanc, orthanc-dicomweb and dicom3tools are not installed; the DICOMweb tests will skip" >&2
+  fi
+fi
 python -c "import playwright.sync_api" 2>/dev/null || python -m pip install -q playwright \
   || echo "setup.sh: playwright could not be installed; the browser test will skip" >&2

@@ -74,3 +74,30 @@ def disc_image() -> np.ndarray:
     image[(xx - 60) ** 2 + (yy - 40) ** 2 <= 15**2] = 200
     image[::7, ::5] = 35  # a little texture so min-max is not degenerate anywhere
     return image
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc PACS with DICOMweb on 127.0.0.1 (tests/orthanc_server.py), stopped at the end of the session;
+    skips with the reason when Orthanc or its DICOMweb plugin is not installed."""
+    from orthanc_server import find_orthanc, start_orthanc
+
+    binary, plugin, reason = find_orthanc()
+    if reason:
+        pytest.skip(reason)
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"), binary, plugin)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pacs_env(orthanc, monkeypatch):
+    """The test user's credentials in the environment (never on a command line), short retries."""
+    for name in ("CREDENTIALS", "TOKEN", "CA_BUNDLE"):
+        monkeypatch.delenv(f"MEDSAM_DICOMWEB_{name}", raising=False)
+    monkeypatch.setenv("MEDSAM_DICOMWEB_USERNAME", orthanc.user)
+    monkeypatch.setenv("MEDSAM_DICOMWEB_PASSWORD", orthanc.password)
+    monkeypatch.setenv("MEDSAM_DICOMWEB_RETRIES", "1")
+    monkeypatch.setenv("MEDSAM_DICOMWEB_BACKOFF", "0.05")
+    monkeypatch.setenv("MEDSAM_DICOMWEB_TIMEOUT", "20")
+    return orthanc

@@ -38,3 +38,8 @@ class OutputError(MedsamError):
 
 class BackendUnavailableError(MedsamError):
     """An optional execution engine (onnxruntime, openvino, ...) is not installed or cannot run here."""
+
+
+class RemoteServiceError(MedsamError):
+    """A remote service (a PACS over DICOMweb) cannot be reached, refuses the credentials, times out after its
+    retries, or answers with something unusable (a failed store, an object that does not read back)."""

@@ -44,6 +44,10 @@ def test_report_links_existing_files(tmp_path, result):
     assert len(worst) == 2 * (2 + 2 + 1)  # 2 runs x (2 worst discs + 2 blobs + 1 volume)
     assert Image.open(out / worst[0]).mode == "RGB"
     assert "## Per dataset" in text and "## Per modality" in text and "## Corrective clicks" in text
+    assert "## 3D interactive protocol (CVPR 2025)" in text
+    section = text.split("## 3D interactive protocol (CVPR 2025)")[1].splitlines()
+    protocol = next(line for line in section if line.startswith("| tiny_lite/default/clicks:1 | vols |"))
+    assert re.search(r"\| 1 \| \d\.\d{3}/\d\.\d{3} \| \d\.\d{3}/\d\.\d{3} \| ", protocol)  # box, then 1 click
     row = next(line for line in text.splitlines() if line.startswith("| discs | tiny_lite/default/box |"))
     assert re.search(r"\| 3 \| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \|", row)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left

@@ -49,7 +49,15 @@ def test_2d_rows_do_not_depend_on_mode_and_3d_rows_use_mm(result):
     vol = [r for r in result.rows if r.dims == "3d"]
     assert {r.distance_unit for r in vol} == {"mm"} and {r.mode for r in vol} == {"default", "reference"}
     assert all(json.loads(r.prompt_json)["box3d"] == [13, 11, 1, 35, 29, 7] for r in vol)
-    assert all("volumes get the box3d prompt" in r.message for r in vol if r.prompt == "clicks:2")
+    protocol = [r for r in vol if r.prompt == "clicks:2"]
+    for r in protocol:  # the CVPR 2025 protocol: box then 2 clicks, scored after each step, in either mode's run
+        assert "CVPR 2025 protocol" in r.message
+        assert len(r.dsc_per_click) == len(r.nsd_per_click) == len(r.seconds_per_step) == 3
+        assert r.dsc == pytest.approx(r.dsc_per_click[-1])
+        assert r.dsc_auc == pytest.approx((r.dsc_per_click[1] + r.dsc_per_click[2]) / 2)
+        assert r.nsd_auc == pytest.approx((r.nsd_per_click[1] + r.nsd_per_click[2]) / 2)
+    by_mode = {(r.case, r.mode): r for r in protocol}
+    assert all(by_mode[(c, "default")].dsc_per_click == by_mode[(c, "reference")].dsc_per_click for c, _ in by_mode)
 
 
 def test_click_rows_record_dsc_per_click(result):

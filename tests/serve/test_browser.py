@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,59 @@ def test_annotate_in_browser(shared_dir, lite_medsam, make_app, tmp_path):
     runs.mkdir(exist_ok=True)
     shutil.copyfile(draft_shot, runs / "serve_browser_draft.png")
     shutil.copyfile(shot, runs / "serve_browser_accepted.png")
+
+
+def test_click_on_a_propagated_slice_re_propagates_in_browser(make_app, data_root, tmp_path):
+    """A propagated label that ran into a dimmer tube; a right click on the tube on slice 20 removes it there and
+    on the slices its chain reached, the accepted slice stays (oracle model, synthetic volume)."""
+    if not CHROMIUM.is_file():
+        pytest.skip("chromium is not installed (scripts/setup.sh installs it with apt-get where Debian's registry is reachable)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (scripts/setup.sh)")
+    import httpx
+    import SimpleITK as sitk
+
+    from .test_corrections import _oracle, ball_and_tube
+
+    sitk.WriteImage(sitk.GetImageFromArray(ball_and_tube()), str(data_root / "tube.nrrd"))
+    app = make_app(model=_oracle(), refinement="box_update")
+    with live_server(app) as url, sync_api.sync_playwright() as pw:
+        api = httpx.Client(base_url=url, timeout=30)
+        sid = api.post("/api/sessions", json={"path": "tube.nrrd"}).json()["id"]
+        assert api.post(f"/api/sessions/{sid}/slices/10/prompts", json={"box": [22, 22, 38, 38]}).status_code == 200
+        assert api.post(f"/api/sessions/{sid}/slices/10/accept", json={"label": "ball"}).status_code == 200
+        job = api.post(f"/api/sessions/{sid}/propagate", json={"label": "ball", "z_range": [0, 23]}).json()
+        for _ in range(600):
+            job = api.get(f"/api/sessions/{sid}/jobs/{job['id']}").json()
+            if job["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.05)
+        assert job["state"] == "done" and 23 in api.get(f"/api/sessions/{sid}/labels").json()["labels"][0]["slices"]
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            viewport={"width": 1100, "height": 800},
+        )
+        try:
+            page = context.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            page.goto(f"{url}/#session={sid}")
+            page.wait_for_selector('#status[data-state="ready"]', timeout=60_000)
+            assert page.is_checked("#correct3d")  # a propagated label: clicks correct it in 3D
+            page.evaluate("showSlice(20)")
+            page.wait_for_function("document.getElementById('slice-label').textContent.startsWith('z 20')")
+            frame = page.locator("#view").bounding_box()
+            width, height = page.evaluate("[document.getElementById('view').width, document.getElementById('view').height]")
+            page.mouse.click(frame["x"] + 30.5 * frame["width"] / width, frame["y"] + 30.5 * frame["height"] / height,
+                             button="right")
+            page.wait_for_selector('#status[data-state="corrected"]', timeout=60_000)
+            changed = page.get_attribute("#status", "data-changed")
+            page.screenshot(path=str(tmp_path / "corrected.png"))
+            assert not problems, problems
+        finally:
+            context.close()
+        labels = api.get(f"/api/sessions/{sid}/labels").json()["labels"][0]
+    assert changed == "20,21,22,23"
+    assert max(labels["slices"]) == 19 and labels["accepted_slices"] == [10] and labels["corrected_slices"] == [20]
+    runs = PROJECT / "runs"
+    runs.mkdir(exist_ok=True)
+    shutil.copyfile(tmp_path / "corrected.png", runs / "serve_browser_3d_correction.png")

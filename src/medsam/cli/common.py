@@ -22,6 +22,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="lite_medsam", help="model variant (see `medsam models`); default lite_medsam")
     group.add_argument("--checkpoint", default=None, help="weights file or Hugging Face folder; default: the variant's own")
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N; default: CUDA when available")
+    add_execution_options(group)
+
+
+def add_execution_options(group) -> None:
+    """--precision, --backend, --threads: how the model runs (medsam.inference.engines.ExecutionOptions)."""
+    from medsam.inference.engines.options import BACKENDS, PRECISIONS
+
     group.add_argument(
         "--precision", choices=("auto",) + PRECISIONS, default="auto",
         help="auto (default) = fp32. bf16 is about twice as fast with OpenVINO where the CPU has native bf16 "

@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="box (tight box, default), jitter (0-20 px per side), points[:N], clicks:N (box + N corrective clicks, "
                         "turned into prompts by the model's refinement strategy: box_update for LiteMedSAM/MedSAM, the SAM recipe "
                         "for SAM); clicks:N:sam (box + clicks as points + previous logits), clicks:N:nologits (without the "
-                        "logits), clicks:N:box (box_update for any model); repeatable")
+                        "logits), clicks:N:box (box_update for any model); repeatable. On 3D cases clicks:N runs the CVPR 2025 "
+                        "interactive protocol: the challenge's box, then N clicks at the centre of the largest 3D error, DSC and "
+                        "NSD after every step, DSC_AUC/NSD_AUC over the click steps")
     parser.add_argument("--mode", action="append", default=None, metavar="MODE",
                         help="3D propagation mode: default and/or reference (repeatable or comma list); 2D cases do not depend on it")
     parser.add_argument("--volume-prompt", choices=("box3d", "key_slice"), default="box3d",
@@ -55,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance: mm for volumes, px for 2D images (default 2)")
     parser.add_argument("--worst", type=int, default=3, metavar="K", help="overlays of the K lowest-DSC cases per run and dataset (default 3)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N; default: CUDA when available")
+    from medsam.cli.common import add_execution_options
+
+    add_execution_options(parser.add_argument_group("execution (default: the fast engine that keeps the exact masks)"))
     parser.add_argument("-o", "--output", required=True, metavar="RESULTS_DIR", help="results folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,6 +82,7 @@ def _model_choices(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam.cli.common import execution_options
     from medsam.evaluation import evaluate
     from medsam.io.atomic import check_writable
 
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, models, prompt=_split(args.prompt) or ["box"], mode=_split(args.mode) or ["default"],
         volume_prompt=args.volume_prompt, datasets=_split([args.datasets]) if args.datasets else None,
         limit=args.limit, seed=args.seed, tolerance=args.tolerance, device=args.device, keep_worst=args.worst,
-        progress=not args.no_progress,
+        execution=execution_options(args), progress=not args.no_progress,
     )
     command = "medsam " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else None
     report = result.write(args.output, overwrite=args.overwrite, command=command)
@@ -99,5 +105,15 @@ def run(args: argparse.Namespace) -> int:
     for (run_label, dataset), m in table.items():
         d, n = m["dsc"], m["nsd"]
         print(f"  {run_label:<34} {dataset or '':<22} n={d.n:<4} DSC {d.mean:.3f} [{d.ci_low:.3f}, {d.ci_high:.3f}]  NSD {n.mean:.3f}")
+    _print_protocol(result)
     print(f"wrote {report}")
     return 0
+
+
+def _print_protocol(result) -> None:
+    """The 3D interactive protocol's figures: mean DSC / NSD per step, AUCs and seconds per step, per run."""
+    for p in result.protocol_summaries():
+        steps = " ".join(f"{k}:{d:.3f}/{v:.3f}" for k, (d, v) in enumerate(zip(p.dsc, p.nsd)))
+        secs = " ".join(f"{v:.2f}" for v in p.seconds)
+        print(f"  {p.run} 3D protocol {p.dataset or 'all 3D'} n={p.n}: DSC/NSD per step (0 = box) {steps}; "
+              f"DSC_AUC {p.dsc_auc:.3f} NSD_AUC {p.nsd_auc:.3f}; seconds per step {secs}")

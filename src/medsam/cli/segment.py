@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Segment objects in a 2D image (PNG, JPEG, TIFF, BMP; 8/16-bit). Each --box is one object; "
         "--point clicks refine a single object (label 1 inside, 0 outside).",
     )
-    parser.add_argument("image", help="input image file, or a CVPR24 npz case (imgs, boxes) or folder of them")
+    parser.add_argument("image", help="input image file, or an npz case or folder of them: CVPR 2024 (imgs, boxes) "
+                        "or CVPR 2025 interactive (boxes as dicts, clicks, prev_pred; one protocol step per call)")
     parser.add_argument("--box", action="append", default=[], metavar="x0,y0,x1,y1", help="box in image pixels; repeat for several objects")
     parser.add_argument("--point", action="append", default=[], metavar="x,y,1|0", help="click (1 = inside, 0 = outside); repeatable")
     parser.add_argument("-o", "--output", required=True, help="mask PNG to write (0/255 for one object, labels 1..N for several)")
@@ -22,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--mode", choices=("default", "reference"), default="default",
                         help="3D npz cases: propagation mode (reference = the official LiteMedSAM procedure)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="CVPR 2025 npz cases: slice embeddings, exported engines and the state between protocol "
+                        "steps (default OUTPUT/.medsam_cache)")
     add_model_options(parser)
     parser.set_defaults(func=run)
 

@@ -6,6 +6,7 @@ Examples:
     medsam segment-volume ct_series/ --box3d 180,200,40,260,290,58 -o liver.nii.gz --window soft_tissue --montage liver.png
     medsam segment-volume ct_series/ --slice 50 --box 180,200,260,290 -o out/ --format rtstruct --label liver
     medsam segment-volume brain.nrrd --slice 14 --box 90,80,140,130 --point 115,105,1 -o tumour.nrrd --window percentile
+    medsam segment-volume dicomweb://pacs:8042/dicom-web/studies/S/series/R --box3d 180,200,40,260,290,58 -o liver_seg.dcm --store
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "slice in both directions. Coordinates: x, y in slice pixels (column, row), z = slice index from 0. "
         "Output: NIfTI/NRRD/MHA label volume on the input's exact grid, DICOM-SEG or RT-STRUCT for DICOM input.",
     )
-    parser.add_argument("input", help="DICOM series folder or file, .nii/.nii.gz, .nrrd, .mha/.mhd or .npz volume")
+    parser.add_argument("input", help="DICOM series folder or file, .nii/.nii.gz, .nrrd, .mha/.mhd or .npz volume, or a PACS "
+                        "series dicomweb[s]://HOST:PORT/dicom-web/studies/S/series/R (credentials: MEDSAM_DICOMWEB_* variables)")
     prompts = parser.add_argument_group("prompts (each --box3d / --box is one object)")
     prompts.add_argument("--box3d", action="append", default=[], metavar="x0,y0,z0,x1,y1,z1",
                          help="3D box, bounds inclusive; the object is segmented from its middle slice to z0 and z1")
@@ -55,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="slices per encoder batch (default 4)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--store", action="store_true",
+                        help="dicomweb:// input: also store the DICOM-SEG / RT-STRUCT back into that PACS (STOW-RS) and check "
+                        "that it reads back and references the source series")
     add_model_options(parser)
     parser.set_defaults(func=run)
 
@@ -99,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from medsam.inference.segment3d import segment_volume_file
 
     prompts = build_prompts(args)
+    if args.store:
+        check_store(args)
     config = PropagationConfig(
         mode=args.mode, batch_size=args.batch_size, largest_component=args.largest_component,
         mask_prompt=args.mask_prompt,
@@ -122,4 +129,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"encoded {seg.slices_encoded} slices, decoded {seg.slices_visited}; wrote {result.output.path} "
           f"({result.output.format})" + (f" and {result.montage_path}" if result.montage_path else "")
           + f" in {result.seconds:.1f} s")
+    if args.store:
+        from medsam.io.dicomweb import store_result
+
+        stored = store_result(result.output.path, args.input)
+        print(f"stored {stored.kind} {stored.sop_instance_uid} in study {stored.study_instance_uid}; read back and checked: "
+              f"it references series {stored.source_series_instance_uid} ({stored.referenced_instances} images). "
+              f"{stored.retrieve_url}")
     return 0
+
+
+def check_store(args: argparse.Namespace) -> None:
+    """--store needs a dicomweb:// input and a DICOM-SEG / RT-STRUCT output; checked before the model loads."""
+    from medsam.errors import InputError, OutputError
+    from medsam.inference.segment3d import resolve_output
+    from medsam.io.dicomweb import is_dicomweb_uri, parse_series_uri
+
+    if not is_dicomweb_uri(args.input):
+        raise InputError(
+            f"--store sends the result back to the PACS the input came from, but {args.input} is a local path; give the "
+            "series as dicomweb://HOST:PORT/dicom-web/studies/S/series/R"
+        )
+    ref = parse_series_uri(args.input)
+    target = resolve_output(args.output, output_format=args.output_format, input_path=ref.series_instance_uid, dicom_input=True)
+    if target.format not in ("dicom-seg", "rtstruct"):
+        raise OutputError(
+            f"--store stores DICOM objects, but {target.path} is {target.format}; write a .dcm (DICOM-SEG, or "
+            "--format rtstruct)"
+        )

@@ -1,6 +1,7 @@
 """`medsam serve`: the annotation server (HTTP API + browser page) on http://127.0.0.1:8000/.
 
     medsam serve --data-root /data/ct --sessions-dir ~/annotations [--token SECRET] [--port 8000]
+    medsam serve --dicomweb http://pacs:8042/dicom-web     # browse the PACS, export labels back to it
 
 Open the printed address in a browser (with a token: http://127.0.0.1:8000/#token=SECRET). The API is
 described at /docs and /openapi.json; ``medsam.client.MedsamClient`` drives it from Python.
@@ -36,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="how clicks refine a mask: box_update (the model gets only a box; the clicks edit it and its "
                         "logits) or sam (box + clicks as points + previous logits); default: the model's own "
                         "(box_update for lite_medsam/medsam_vit_b, sam for SAM)")
+    parser.add_argument("--dicomweb", default=None, metavar="URL",
+                        help="a PACS's DICOMweb root (e.g. http://pacs:8042/dicom-web): browse and open its series, export "
+                        "labels back to it; credentials from MEDSAM_DICOMWEB_USERNAME/PASSWORD, _TOKEN or _CREDENTIALS=file")
     add_model_options(parser)
     parser.set_defaults(func=run)
 
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         backend=getattr(args, "backend", "auto"),
         threads=getattr(args, "threads", None),
         refinement=args.refinement,
+        dicomweb_url=args.dicomweb,
         **kwargs,
     )
     if not is_loopback(settings.host) and settings.token is None:
@@ -85,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     fragment = "#token=<your token>" if settings.token else ""
     print(f"medsam serve: model {settings.model}, sessions in {settings.sessions_dir}", flush=True)
+    if settings.dicomweb_url:
+        print(f"medsam serve: PACS {settings.dicomweb_url} (DICOMweb)", flush=True)
     print(f"medsam serve: open http://{shown}:{settings.port}/{fragment}  (API docs: /docs)", flush=True)
     uvicorn.run(
         app,

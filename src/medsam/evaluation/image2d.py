@@ -17,7 +17,8 @@ from medsam.types import Box, Points
 @dataclass(frozen=True)
 class Outcome:
     """A case's prediction: mask on the reference's grid, the model's predicted IoU, the prompt as given,
-    model seconds (decoding only; the runner adds the encoding), DSC per click, and a note for the report."""
+    model seconds (decoding only; the runner adds the encoding), DSC per click, and a note for the report.
+    3D click protocol: also NSD and seconds per step (the box step first)."""
 
     mask: np.ndarray
     predicted_iou: float
@@ -25,6 +26,8 @@ class Outcome:
     seconds: float
     dsc_per_click: tuple[float, ...] = ()
     note: str = ""
+    nsd_per_click: tuple[float, ...] = ()
+    seconds_per_step: tuple[float, ...] = ()
 
 
 def predict_image(predictor: Predictor, encoding: ImageEncoding, loaded: LoadedCase, spec: PromptSpec, seed: int) -> Outcome:

@@ -111,10 +111,11 @@ def _table(summaries: list[RunSummary], group: str) -> list[str]:
 def _clicks_csv(result: EvaluationResult) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["run", "dataset", "n", "clicks", "mean_dsc"])
+    writer.writerow(["run", "dataset", "n", "clicks", "mean_dsc", "mean_nsd"])
     for c in result.click_curves():
         for k, v in enumerate(c.mean_dsc):
-            writer.writerow([c.run, c.dataset or "(all)", c.n, k, f"{v:.6g}"])
+            nsd = f"{c.mean_nsd[k]:.6g}" if k < len(c.mean_nsd) else ""
+            writer.writerow([c.run, c.dataset or "(all)", c.n, k, f"{v:.6g}", nsd])
     return buffer.getvalue()
 
 
@@ -247,6 +248,27 @@ def _report_text(
         lines.append("")
         if "__clicks__" in figures:
             lines += [f"![DSC per click]({figures['__clicks__']})", ""]
+    protocol = result.protocol_summaries()
+    if protocol:
+        longest = max(len(p.dsc) for p in protocol)
+        lines += [
+            "## 3D interactive protocol (CVPR 2025)",
+            "",
+            "Volumes under `clicks:N`: the challenge's box (z_mid with its 2D box, z range), then N clicks each at the "
+            "centre of the largest 3D error component (positive in a miss, negative in a false positive), as the "
+            "challenge's harness places them. DSC / NSD after each step (0 = the box; NSD with surface elements at the "
+            "tolerance, 0 where DSC <= 0.2 as the harness scores it), DSC_AUC / NSD_AUC the trapezoid over the click "
+            "steps, seconds of model time per step.",
+            "",
+            "| run | dataset | n | " + " | ".join(f"DSC/NSD@{k}" for k in range(longest)) + " | DSC_AUC | NSD_AUC | s per step |",
+            "|---|---|---|" + "---|" * (longest + 3),
+        ]
+        for p in protocol:
+            cells = [f"{_f(d)}/{_f(n)}" for d, n in zip(p.dsc, p.nsd)] + [""] * (longest - len(p.dsc))
+            secs = " ".join(f"{v:.2f}" for v in p.seconds)
+            lines.append(f"| {p.run} | {p.dataset or 'all 3D'} | {p.n} | " + " | ".join(cells)
+                         + f" | {_f(p.dsc_auc)} | {_f(p.nsd_auc)} | {secs} |")
+        lines.append("")
     plot_names = [(d, f) for d, f in figures.items() if d != "__clicks__"]
     if plot_names:
         lines += ["## DSC per dataset", ""]

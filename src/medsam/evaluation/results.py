@@ -22,7 +22,7 @@ from medsam.metrics import MetricAccumulator, Summary
 from medsam.training.prompts import SimulatedPrompt
 
 #: Metrics summarised per dataset and modality, in table order.
-SUMMARY_METRICS = ("dsc", "iou", "nsd", "nsd_challenge", "hd95", "predicted_iou", "seconds")
+SUMMARY_METRICS = ("dsc", "iou", "nsd", "nsd_challenge", "hd95", "predicted_iou", "seconds", "dsc_auc", "nsd_auc")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class CaseResult:
     seconds: model time for this case and run (image encoding, counted in every run sharing it, plus decoding).
     prompt_used: the prompt as given (boxes, points, clicks); prompt_json: the same, machine-readable
         (``SimulatedPrompt.from_json``). dsc_per_click: DSC before the first click and after each click.
+    3D cases under ``clicks:N`` (the CVPR 2025 protocol, :mod:`medsam.evaluation.protocol3d`): nsd_per_click the
+        challenge's NSD after each step (0 where DSC <= 0.2, as the harness does), seconds_per_step the model time of
+        each step, dsc_auc / nsd_auc the trapezoid over the click steps; dsc/nsd then are the final step's.
     """
 
     run: str
@@ -74,6 +77,10 @@ class CaseResult:
     seed: int | None = None
     n_clicks: int = 0
     dsc_per_click: tuple[float, ...] = ()
+    nsd_per_click: tuple[float, ...] = ()
+    seconds_per_step: tuple[float, ...] = ()
+    dsc_auc: float = math.nan
+    nsd_auc: float = math.nan
     prompt_used: str = ""
     prompt_json: str = ""
 
@@ -105,12 +112,29 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class ClickCurve:
-    """Mean DSC over the cases of a dataset (None = all) before and after each click, for one run."""
+    """Mean DSC (and NSD, for the 3D protocol; else empty) over the cases of a dataset (None = all) before and after
+    each click, for one run."""
 
     run: str
     dataset: str | None
     mean_dsc: tuple[float, ...]
     n: int
+    mean_nsd: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProtocolSummary:
+    """The 3D interactive protocol over the cases of a dataset (None = all 3D datasets) for one run: means per step
+    (0 = the box) and of the AUCs over the click steps."""
+
+    run: str
+    dataset: str | None
+    n: int
+    dsc: tuple[float, ...]
+    nsd: tuple[float, ...]
+    seconds: tuple[float, ...]
+    dsc_auc: float
+    nsd_auc: float
 
 
 @dataclass(frozen=True)
@@ -236,11 +260,31 @@ class EvaluationResult:
             if not rows:
                 continue
             for dataset in [*dict.fromkeys(r.dataset for r in rows), None]:
-                sel = [r.dsc_per_click for r in rows if dataset is None or r.dataset == dataset]
+                group = [r for r in rows if dataset is None or r.dataset == dataset]
+                sel = [r.dsc_per_click for r in group]
                 length = min(len(s) for s in sel)
                 mean = np.mean([s[:length] for s in sel], axis=0)
-                curves.append(ClickCurve(run.label, dataset, tuple(float(v) for v in mean), len(sel)))
+                nsds = [r.nsd_per_click[:length] for r in group]
+                mean_nsd = tuple(float(v) for v in np.mean(nsds, axis=0)) if all(len(v) == length for v in nsds) else ()
+                curves.append(ClickCurve(run.label, dataset, tuple(float(v) for v in mean), len(sel), mean_nsd))
         return curves
+
+    def protocol_summaries(self) -> list["ProtocolSummary"]:
+        """Per run and 3D dataset (then all 3D datasets pooled, dataset None) under the interactive protocol: mean
+        DSC, NSD and seconds per step, mean DSC_AUC and NSD_AUC."""
+        out: list[ProtocolSummary] = []
+        for run in self.runs:
+            rows = [r for r in self.rows_of(run.label, ok_only=True) if r.nsd_per_click]
+            datasets = list(dict.fromkeys(r.dataset for r in rows))
+            for dataset in datasets + ([None] if len(datasets) > 1 else []):
+                group = [r for r in rows if dataset is None or r.dataset == dataset]
+                n = min(len(r.dsc_per_click) for r in group)
+                mean = lambda key: tuple(float(v) for v in np.mean([getattr(r, key)[:n] for r in group], axis=0))  # noqa: E731
+                out.append(ProtocolSummary(
+                    run.label, dataset, len(group), mean("dsc_per_click"), mean("nsd_per_click"), mean("seconds_per_step"),
+                    float(np.nanmean([r.dsc_auc for r in group])), float(np.nanmean([r.nsd_auc for r in group])),
+                ))
+        return out
 
     # --- output ---------------------------------------------------------------------------------------
 

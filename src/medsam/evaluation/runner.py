@@ -111,6 +111,7 @@ def evaluate(
     device: str | None = None,
     keep_worst: int = 3,
     cache_bytes: int = 1 << 30,
+    execution: Any = None,
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate ``models`` on ``data`` under every combination of ``mode`` and ``prompt``.
@@ -124,10 +125,13 @@ def evaluate(
     (each case's prompt seed is derived from it and the case id). tolerance: NSD tolerance (mm for
     volumes, px for 2D images). keep_worst: lowest-DSC cases kept per run and dataset for overlays.
     cache_bytes: embedding cache per model (volumes evaluated in two modes reuse slice embeddings).
+    execution: how the models run (``medsam.inference.engines.ExecutionOptions``; None: the default engine, the
+    fastest path that keeps the exact path's masks; ``ExecutionOptions.exact()`` the reference eager PyTorch path).
+    3D cases under ``clicks:N`` run the CVPR 2025 interactive protocol (:mod:`medsam.evaluation.protocol3d`).
     """
     from tqdm.auto import tqdm
 
-    from medsam.inference.predictor import Predictor
+    from medsam.inference.engines import make_predictor
 
     cases = load_cases(data, datasets=datasets, limit=limit)
     if volume_prompt not in VOLUME_PROMPTS:
@@ -143,7 +147,7 @@ def evaluate(
     if not (math.isfinite(tol) and tol >= 0):
         raise InputError(f"tolerance {tolerance!r}: give a distance >= 0 (mm for volumes, px for images)")
     built = _models(models, device)
-    predictors = [(choice, Predictor(model, cache_bytes=cache_bytes)) for choice, model in built]
+    predictors = [(choice, make_predictor(model, execution, cache_bytes=cache_bytes)) for choice, model in built]
     runs = [RunSpec(choice, m, spec) for choice, _ in built for m in dict.fromkeys(mode_list) for spec in dict.fromkeys(prompt_specs)]
 
     loader = CaseLoader()
@@ -212,7 +216,11 @@ def _evaluate_case(
         # 2D rows do not depend on the mode, 3D rows not on the 2D prompt kind: such runs share a row
         shared: dict[object, tuple[CaseResult, Outcome | None]] = {}
         for run in model_runs:
-            share_key = (run.mode, run.prompt.volume_prompt) if loaded.is_3d else run.prompt
+            if loaded.is_3d:  # the 3D click protocol always propagates in the default mode
+                n = run.prompt.n_clicks
+                share_key = ("protocol", n) if n else (run.mode, run.prompt.volume_prompt)
+            else:
+                share_key = run.prompt
             if share_key in shared:
                 first, outcome = shared[share_key]
                 row = by_run[run.label] = _relabel(first, run)
@@ -221,7 +229,7 @@ def _evaluate_case(
                 continue
             try:
                 if loaded.is_3d:
-                    outcome = predict_volume(predictor, loaded, run.prompt, run.mode, seed)
+                    outcome = predict_volume(predictor, loaded, run.prompt, run.mode, seed, tolerance)
                 else:
                     outcome = predict_image(predictor, encoding, loaded, run.prompt, seed)
                 row = _scored_row(run, loaded, outcome, seed, tolerance, encode_seconds)
@@ -238,24 +246,32 @@ def _evaluate_case(
 def _relabel(row: CaseResult, run: RunSpec) -> CaseResult:
     from dataclasses import replace
 
-    note = _volume_note(run) if row.dims == "3d" and row.ok else row.message
+    note = _volume_note(run) if row.dims == "3d" and row.ok and not row.nsd_per_click else row.message
     return replace(row, run=run.label, mode=run.mode, prompt=str(run.prompt), message=note)
 
 
 def _volume_note(run: RunSpec) -> str:
-    if run.prompt.kind == "box":
+    if run.prompt.kind in ("box", "clicks"):
         return ""
     return f"volumes get the {run.prompt.volume_prompt} prompt ({run.prompt} is for 2D images)"
 
 
 def _scored_row(run: RunSpec, loaded: LoadedCase, outcome: Outcome, seed: int, tolerance: float, encode_seconds: float) -> CaseResult:
     scores = score_case(outcome.mask, loaded.reference, spacing_mm=loaded.spacing_mm, tolerance_mm=tolerance)
+    protocol: dict[str, Any] = {}
+    if outcome.nsd_per_click:
+        from medsam.evaluation.protocol3d import click_auc
+
+        n = len(outcome.dsc_per_click) - 1
+        protocol = dict(nsd_per_click=outcome.nsd_per_click, seconds_per_step=outcome.seconds_per_step,
+                        dsc_auc=click_auc(outcome.dsc_per_click, n), nsd_auc=click_auc(outcome.nsd_per_click, n))
+    note = outcome.note if (not loaded.is_3d or protocol) else _volume_note(run)
     return _row(
-        run, loaded.case, "ok", _volume_note(run) if loaded.is_3d else outcome.note,
+        run, loaded.case, "ok", note,
         dsc=scores.dsc, iou=scores.iou, nsd=scores.nsd, nsd_challenge=scores.nsd_challenge, hd95=scores.hd95,
         tolerance=tolerance, distance_unit="mm" if loaded.is_3d else "px",
         predicted_iou=outcome.predicted_iou, seconds=encode_seconds + outcome.seconds, seed=seed,
         n_clicks=outcome.prompt.n_clicks, dsc_per_click=outcome.dsc_per_click,
-        prompt_used=outcome.prompt.describe(), prompt_json=outcome.prompt.to_json(),
+        prompt_used=outcome.prompt.describe(), prompt_json=outcome.prompt.to_json(), **protocol,
     )
 

@@ -3,7 +3,9 @@
 :func:`predict_volume` turns the case's 3D prompt into an ``ObjectPrompt`` of
 :mod:`medsam.inference.propagate` (a 3D box: the official key slice with z limits; a key-slice box:
 open-ended in z), runs the propagation in the asked mode over the windowed uint8 volume, and returns the
-mask with the mean predicted IoU of the accepted slices.
+mask with the mean predicted IoU of the accepted slices. ``clicks:N`` runs the CVPR 2025 interactive protocol
+instead (:mod:`medsam.evaluation.protocol3d`: the challenge's box, then N clicks at the centre of the largest 3D
+error), scored after every step.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ from medsam.types import Box3D
 MODES = ("default", "reference")
 
 
-def predict_volume(predictor: Predictor, loaded: LoadedCase, spec: PromptSpec, mode: str, seed: int) -> Outcome:
-    """Propagate the case's 3D prompt (``spec.volume_prompt``) through its volume in ``mode``."""
+def predict_volume(
+    predictor: Predictor, loaded: LoadedCase, spec: PromptSpec, mode: str, seed: int, tolerance: float = 2.0
+) -> Outcome:
+    """Propagate the case's 3D prompt (``spec.volume_prompt``) through its volume in ``mode``; for ``clicks:N``
+    the interactive protocol (NSD per step at ``tolerance`` mm)."""
     try:
         from medsam.inference import propagate as engine
     except ImportError as exc:  # the 3D engine is optional at this layer
         raise BackendUnavailableError(f"3D propagation is not available in this installation ({exc})") from exc
 
+    if spec.kind == "clicks":
+        return _protocol(predictor, loaded, spec, mode, seed, tolerance)
     given = loaded.case.box if isinstance(loaded.case.box, Box3D) else None
     prompt = spec.for_volume(loaded.reference, seed, given)
     if prompt.box3d is not None:
@@ -47,3 +54,28 @@ def predict_volume(predictor: Predictor, loaded: LoadedCase, spec: PromptSpec, m
         mask = engine.largest_component(mask)
     seconds = time.perf_counter() - t0
     return Outcome(mask, float(np.mean(ious)) if ious else float("nan"), prompt, seconds)
+
+
+def _protocol(predictor: Predictor, loaded: LoadedCase, spec: PromptSpec, mode: str, seed: int, tolerance: float) -> Outcome:
+    from medsam.evaluation.protocol3d import run_protocol
+    from medsam.training.prompts import SimulatedPrompt
+    from medsam.types import Box, Points
+
+    trace = run_protocol(
+        predictor, loaded.image, loaded.reference, spacing_mm=loaded.spacing_mm or (1.0, 1.0, 1.0),
+        n_clicks=spec.n_clicks, seed=seed, tolerance_mm=tolerance, source=f"volume {loaded.case.key}",
+    )
+    b = trace.box
+    points = None
+    if trace.clicks:  # recorded as (x, y) points with the click's slice in slice_z order of the clicks
+        points = Points(np.array([[c.x, c.y] for c in trace.clicks], float), np.array([c.label for c in trace.clicks]))
+    prompt = SimulatedPrompt(
+        "clicks", seed=seed, box=Box(b["z_mid_x_min"], b["z_mid_y_min"], b["z_mid_x_max"], b["z_mid_y_max"]),
+        points=points, box3d=Box3D(b["z_mid_x_min"], b["z_mid_y_min"], b["z_min"], b["z_mid_x_max"], b["z_mid_y_max"], b["z_max"]),
+        slice_z=b["z_mid"],
+    )
+    note = "CVPR 2025 protocol (default propagation mode): box on z_mid, then clicks at the centre of the largest " \
+        "3D error; click slices " + ",".join(str(c.z) for c in trace.clicks)
+    if len(trace.clicks) < spec.n_clicks:
+        note += f"; {len(trace.clicks)} of {spec.n_clicks} clicks: the mask was already exact"
+    return Outcome(trace.final, float("nan"), prompt, float(sum(trace.seconds)), trace.dsc, note, trace.nsd, trace.seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from typing import Generic, TypeVar
@@ -109,3 +110,78 @@ class LRUCache(Generic[T]):
         with self._lock:
             self._items.clear()
             self._bytes = 0
+
+
+class DiskEmbeddingCache:
+    """Embeddings on disk, one ``<signature>.npy`` each, bounded in bytes (least recently used files go first).
+
+    For work that spans processes on one volume: the CVPR 2025 protocol runs the tool once per interaction step,
+    so the slices encoded at the box step are read back (about 4 MiB each for LiteMedSAM, in milliseconds)
+    instead of encoded again (about half a second each on a laptop CPU). Files are written atomically; a file
+    that cannot be read is treated as absent and removed. Safe for several processes on one folder.
+    """
+
+    def __init__(self, folder: "str | os.PathLike[str]", max_bytes: int = 8 * 2**30) -> None:
+        from pathlib import Path
+
+        self.folder = Path(folder).expanduser()
+        self.max_bytes = int(max_bytes)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.writes = 0
+
+    def _path(self, signature: str):
+        if not signature.isalnum():
+            raise ValueError(f"embedding signature {signature!r} is not a plain hex digest")
+        return self.folder / f"{signature}.npy"
+
+    def __contains__(self, signature: str) -> bool:
+        return self._path(signature).is_file()
+
+    def get(self, signature: str) -> np.ndarray | None:
+        path = self._path(signature)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError):
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            os.utime(path)  # recently used: pruned last
+        except OSError:
+            pass
+        self.hits += 1
+        return array
+
+    def put(self, signature: str, array: np.ndarray) -> None:
+        path = self._path(signature)
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return
+        self.writes += 1
+        self._prune()
+
+    def _prune(self) -> None:
+        with self._lock:
+            entries = []
+            for p in self.folder.glob("*.npy"):
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                entries.append((st.st_mtime, st.st_size, p))
+            total = sum(size for _, size, _ in entries)
+            for _, size, p in sorted(entries):
+                if total <= self.max_bytes:
+                    break
+                p.unlink(missing_ok=True)
+                total -= size

@@ -87,7 +87,7 @@ def segment_npz_case(
 
 def segment_npz_path(
     predictor: Predictor,
-    input_path: str | Path,
+    input_path: str | Path | list[Path],
     output_dir: str | Path,
     *,
     config: PropagationConfig = PropagationConfig(),
@@ -98,7 +98,7 @@ def segment_npz_path(
 
     Every output name is checked before the first case runs, so an existing file stops the run at once.
     """
-    files = npz_inputs(input_path)
+    files = list(input_path) if isinstance(input_path, list) else npz_inputs(input_path)
     output_dir = Path(output_dir).expanduser()
     if output_dir.exists() and not output_dir.is_dir():
         raise OutputError(f"output {output_dir} is a file; for npz input give a folder (segs keep the input names)")

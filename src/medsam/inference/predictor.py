@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from medsam.errors import PromptError
-from medsam.inference.cache import LRUCache, image_signature, model_fingerprint
+from medsam.inference.cache import DiskEmbeddingCache, LRUCache, image_signature, model_fingerprint
 from medsam.preprocess.geometry import CoordinateTransform, PreprocessConfig, check_image_shape, prepare_image
 from medsam.preprocess.intensity import to_display_range
 from medsam.types import Box, Points, Prediction
@@ -49,11 +49,18 @@ class Predictor:
     """Prompted segmentation with one cached image encoding at a time (and an LRU of recent ones)."""
 
     def __init__(
-        self, model: torch.nn.Module, *, cache_bytes: int = 256 * 2**20, encoder: Any = None, decoder: Any = None
+        self,
+        model: torch.nn.Module,
+        *,
+        cache_bytes: int = 256 * 2**20,
+        encoder: Any = None,
+        decoder: Any = None,
+        disk_cache: DiskEmbeddingCache | None = None,
     ) -> None:
         """model: a SamModel from ``build_model``. encoder: optional callable (B,3,S,S) tensor -> embeddings
         replacing ``model.encode``; decoder: optional callable with the signature of ``model.decode``
-        (fast engines plug in here, see ``medsam.inference.engines.make_predictor``)."""
+        (fast engines plug in here, see ``medsam.inference.engines.make_predictor``). disk_cache: optional
+        second tier of the embedding cache on disk (embeddings survive the process)."""
         self.model = model
         spec = getattr(model, "spec", None)
         if spec is None:
@@ -63,6 +70,7 @@ class Predictor:
         engine = f":{getattr(encoder, 'cache_tag', type(encoder).__name__)}" if encoder is not None else ""
         self.model_id = f"{spec.name}:{model_fingerprint(model)}{engine}"
         self.cache: LRUCache[ImageEncoding] = LRUCache(cache_bytes)
+        self.disk_cache = disk_cache
         self._encoder = encoder if encoder is not None else model.encode
         self._decoder = decoder if decoder is not None else model.decode
         self._current: ImageEncoding | None = None
@@ -85,7 +93,7 @@ class Predictor:
     @torch.inference_mode()
     def encode_prepared(self, prepared: Sequence[PreparedImage], batch_size: int = 8) -> list[ImageEncoding]:
         """Encode prepared images in batches, reusing cached embeddings."""
-        out: list[ImageEncoding | None] = [self.cache.get(p.signature) for p in prepared]
+        out: list[ImageEncoding | None] = [self._cached(p) for p in prepared]
         todo = [i for i, enc in enumerate(out) if enc is None]
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
@@ -94,8 +102,25 @@ class Predictor:
             for j, i in enumerate(idx):
                 enc = ImageEncoding(embeddings[j : j + 1].clone(), prepared[i].transform, prepared[i].signature)
                 self.cache.put(enc.signature, enc)
+                if self.disk_cache is not None:
+                    self.disk_cache.put(enc.signature, enc.embedding.float().cpu().numpy())
                 out[i] = enc
         return out  # type: ignore[return-value]
+
+    def has_encoding(self, signature: str) -> bool:
+        """True when an image of this signature would not go through the encoder (memory or disk cache)."""
+        return signature in self.cache or (self.disk_cache is not None and signature in self.disk_cache)
+
+    def _cached(self, prepared: PreparedImage) -> ImageEncoding | None:
+        found = self.cache.get(prepared.signature)
+        if found is not None or self.disk_cache is None:
+            return found
+        array = self.disk_cache.get(prepared.signature)
+        if array is None:
+            return None
+        enc = ImageEncoding(torch.from_numpy(array).to(self.device), prepared.transform, prepared.signature)
+        self.cache.put(enc.signature, enc)
+        return enc
 
     def _input_tensor(self, array: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(array).to(self.device)[None]

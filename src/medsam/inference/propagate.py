@@ -159,6 +159,7 @@ class SliceResult:
     masks: np.ndarray
     iou_scores: np.ndarray
     ended: tuple[ObjectEnd, ...] = ()
+    prompt_boxes: np.ndarray | None = None  # (K, 4) the box each kept object got, model input frame (NaN: none)
 
 
 @dataclass
@@ -338,7 +339,7 @@ class Propagator:
     def _slice(self, enc: ImageEncoding, here: list[_Track], z: int, step: int) -> SliceResult:
         prompts = [self._prompt(tr, z, step) for tr in here]
         masks, ious, logits = self._decode(enc, prompts)
-        ids, kept_masks, kept_ious, ended = [], [], [], []
+        ids, kept_masks, kept_ious, kept_boxes, ended = [], [], [], [], []
         for k, tr in enumerate(here):
             mask = masks[k]
             if tr.extent_mask is not None:
@@ -351,11 +352,9 @@ class Propagator:
                         "Check that the box/points lie on the object in this slice (x, y in slice pixels; "
                         "z = slice index)"
                     )
-                tr.key_area = int(mask.sum())
+                stats = KeyStats.of(mask, self._gray(z))
+                tr.key_area, tr.key_mean, tr.key_std = stats.area, stats.mean, stats.std
                 tr.key_mask, tr.key_logits = mask, logits[k : k + 1]
-                if tr.key_area:
-                    values = self._gray(z)[mask]
-                    tr.key_mean, tr.key_std = float(values.mean()), max(float(values.std()), MIN_INTENSITY_SD)
                 reason = "the mask on the key slice is empty" if self.config.mode == "default" and not mask.any() else None
             else:
                 reason = self._reject(tr, mask, float(ious[k]), z, step)
@@ -369,35 +368,23 @@ class Propagator:
             ids.append(tr.id)
             kept_masks.append(mask)
             kept_ious.append(float(ious[k]))
+            box = prompts[k]["box"]
+            kept_boxes.append(np.full(4, np.nan) if box is None else np.asarray(box, dtype=np.float64))
             limit = tr.hi if step > 0 else tr.lo
             if z == limit:
                 tr.active = False
                 self.ends.append(ObjectEnd(tr.id, step, z, _limit_reason(limit, self.depth, step)))
         h, w = self.image_hw
         stacked = np.stack(kept_masks) if kept_masks else np.zeros((0, h, w), dtype=bool)
-        return SliceResult(z, tuple(ids), stacked, np.asarray(kept_ious, dtype=np.float32), tuple(ended))
+        boxes = np.stack(kept_boxes) if kept_boxes else np.zeros((0, 4))
+        return SliceResult(z, tuple(ids), stacked, np.asarray(kept_ious, dtype=np.float32), tuple(ended), boxes)
 
     def _reject(self, tr: _Track, mask: np.ndarray, iou: float, z: int, step: int) -> str | None:
         if self.config.mode == "reference":
             return None
-        area = int(mask.sum())
-        if area == 0:
-            return "the mask became empty"
-        c = self.config
-        if not c.stop_rule or (c.trust_limits and tr.prompt.z_limits is not None):
-            return None
-        if iou < c.min_iou:
-            return f"predicted IoU {iou:.2f} < {c.min_iou:g}"
-        overlap = float((mask & tr.prev_mask).sum()) / float(min(area, int(tr.prev_mask.sum())))
-        if overlap < c.min_overlap:
-            return f"overlap with slice {z - step} {overlap:.2f} < {c.min_overlap:g}"
-        if c.max_intensity_shift is not None:
-            shift = abs(float(self._gray(z)[mask].mean()) - tr.key_mean) / tr.key_std
-            if shift > c.max_intensity_shift:
-                return f"intensity moved {shift:.1f} SD from the key slice's object (> {c.max_intensity_shift:g})"
-        if area < c.min_area_fraction * tr.key_area:
-            return f"area {area} px < {c.min_area_fraction:g} of the key slice's {tr.key_area} px"
-        return None
+        trusted = self.config.trust_limits and tr.prompt.z_limits is not None
+        key = KeyStats(tr.key_area, tr.key_mean, tr.key_std)
+        return stop_reason(self.config, mask, tr.prev_mask, iou, self._gray(z), key, trusted=trusted, prev_z=z - step)
 
     def _gray(self, z: int) -> np.ndarray:
         image = np.asarray(self.encoder.slices[z])
@@ -441,42 +428,108 @@ class Propagator:
         )
 
     def _mask_box(self, mask: np.ndarray) -> np.ndarray:
-        ys, xs = np.nonzero(mask)
-        box = self.transform.boxes_to_input(np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], float))[0]
-        m = self.config.box_margin_px
-        size = self.transform.input_size
-        box = np.array([box[0] - m, box[1] - m, box[2] + m, box[3] + m])
-        box = np.clip(box, 0, size)
-        return box
+        return next_slice_box(mask, self.transform, self.config.box_margin_px)
 
     def _decode(self, enc: ImageEncoding, prompts: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """Decode all objects of this slice against its one embedding, one decoder call per prompt shape."""
-        device = self.predictor.device
-        groups: dict[tuple, list[int]] = {}
-        for k, p in enumerate(prompts):
-            shape = (p["box"] is not None, None if p["points"] is None else len(p["points"]), p["mask"] is not None)
-            groups.setdefault(shape, []).append(k)
-        n = len(prompts)
-        logits_all: list[torch.Tensor | None] = [None] * n
-        iou_all = np.zeros(n, dtype=np.float32)
-        for (has_box, n_points, has_mask), idx in groups.items():
-            boxes = (
-                torch.as_tensor(np.stack([prompts[k]["box"] for k in idx]), dtype=torch.float32, device=device)
-                if has_box
-                else None
-            )
-            points = labels = None
-            if n_points is not None:
-                points = torch.as_tensor(np.stack([prompts[k]["points"] for k in idx]), dtype=torch.float32, device=device)
-                labels = torch.as_tensor(np.stack([prompts[k]["labels"] for k in idx]), dtype=torch.int64, device=device)
-            mask_in = torch.cat([prompts[k]["mask"] for k in idx]).to(device) if has_mask else None
-            logits, iou = self.predictor.predict_torch(enc.embedding, boxes, points, labels, mask_in, multimask=False)
-            for j, k in enumerate(idx):
-                logits_all[k] = logits[j : j + 1]
-                iou_all[k] = float(iou[j, 0])
-        logits = torch.cat(logits_all)  # type: ignore[arg-type]
-        masks = self.predictor.postprocess(logits, enc.transform)[:, 0].cpu().numpy()
-        return masks, iou_all, logits
+        return decode_prompts(self.predictor, enc, prompts)
+
+
+@dataclass(frozen=True)
+class KeyStats:
+    """What the stopping rule compares a slice's mask with: the area (px) and the mean and SD of the intensity
+    (0..255) under the mask it started from (the SD floored at ``MIN_INTENSITY_SD``)."""
+
+    area: int
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, mask: np.ndarray, gray: np.ndarray) -> "KeyStats":
+        area = int(mask.sum())
+        if area == 0:
+            return cls(0, 0.0, MIN_INTENSITY_SD)
+        values = gray[mask]
+        return cls(area, float(values.mean()), max(float(values.std()), MIN_INTENSITY_SD))
+
+
+def stop_reason(
+    config: PropagationConfig,
+    mask: np.ndarray,
+    prev_mask: np.ndarray,
+    iou: float,
+    gray: np.ndarray,
+    key: KeyStats,
+    *,
+    trusted: bool,
+    prev_z: int,
+) -> str | None:
+    """Why a slice's mask is rejected by the default mode's stopping rule (the object ends there), or None.
+
+    ``trusted``: the slice lies inside z limits a person gave, where only an empty mask ends the object.
+    The rules are those of :class:`PropagationConfig`.
+    """
+    area = int(mask.sum())
+    if area == 0:
+        return "the mask became empty"
+    c = config
+    if not c.stop_rule or trusted:
+        return None
+    if iou < c.min_iou:
+        return f"predicted IoU {iou:.2f} < {c.min_iou:g}"
+    overlap = float((mask & prev_mask).sum()) / float(max(1, min(area, int(prev_mask.sum()))))
+    if overlap < c.min_overlap:
+        return f"overlap with slice {prev_z} {overlap:.2f} < {c.min_overlap:g}"
+    if c.max_intensity_shift is not None:
+        shift = abs(float(gray[mask].mean()) - key.mean) / key.std
+        if shift > c.max_intensity_shift:
+            return f"intensity moved {shift:.1f} SD from the key slice's object (> {c.max_intensity_shift:g})"
+    if area < c.min_area_fraction * key.area:
+        return f"area {area} px < {c.min_area_fraction:g} of the key slice's {key.area} px"
+    return None
+
+
+def next_slice_box(mask: np.ndarray, transform: CoordinateTransform, margin_px: int) -> np.ndarray:
+    """The default mode's box for the next slice, in the model input frame: the bounding box of ``mask``
+    (full resolution) mapped to the input frame, grown by ``margin_px`` and clipped to it."""
+    ys, xs = np.nonzero(mask)
+    box = transform.boxes_to_input(np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], float))[0]
+    size = transform.input_size
+    box = np.array([box[0] - margin_px, box[1] - margin_px, box[2] + margin_px, box[3] + margin_px])
+    return np.clip(box, 0, size)
+
+
+def decode_prompts(
+    predictor: Predictor, enc: ImageEncoding, prompts: list[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Decode several objects' prompts (dicts of input-frame ``box``, ``points``, ``labels``, ``mask``) against one
+    slice's embedding, one decoder call per prompt shape. Returns masks (K, H, W) bool at the slice size, the
+    predicted IoU (K,) and the low-res logits (K, 1, h, w)."""
+    device = predictor.device
+    groups: dict[tuple, list[int]] = {}
+    for k, p in enumerate(prompts):
+        shape = (p["box"] is not None, None if p["points"] is None else len(p["points"]), p["mask"] is not None)
+        groups.setdefault(shape, []).append(k)
+    n = len(prompts)
+    logits_all: list[torch.Tensor | None] = [None] * n
+    iou_all = np.zeros(n, dtype=np.float32)
+    for (has_box, n_points, has_mask), idx in groups.items():
+        boxes = (
+            torch.as_tensor(np.stack([prompts[k]["box"] for k in idx]), dtype=torch.float32, device=device)
+            if has_box
+            else None
+        )
+        points = labels = None
+        if n_points is not None:
+            points = torch.as_tensor(np.stack([prompts[k]["points"] for k in idx]), dtype=torch.float32, device=device)
+            labels = torch.as_tensor(np.stack([prompts[k]["labels"] for k in idx]), dtype=torch.int64, device=device)
+        mask_in = torch.cat([prompts[k]["mask"] for k in idx]).to(device) if has_mask else None
+        logits, iou = predictor.predict_torch(enc.embedding, boxes, points, labels, mask_in, multimask=False)
+        for j, k in enumerate(idx):
+            logits_all[k] = logits[j : j + 1]
+            iou_all[k] = float(iou[j, 0])
+    logits = torch.cat(logits_all)  # type: ignore[arg-type]
+    masks = predictor.postprocess(logits, enc.transform)[:, 0].cpu().numpy()
+    return masks, iou_all, logits
 
 
 def _limit_reason(limit: int, depth: int, step: int) -> str:

@@ -4,7 +4,8 @@
                                  prompts=[ObjectPrompt.from_box3d(Box3D(100, 120, 40, 180, 200, 60))],
                                  window="soft_tissue", montage_path="liver.png")
 
-Input: anything ``medsam.io.volume.read_volume`` reads (DICOM folder/file, NIfTI, NRRD, MHA, npz).
+Input: anything ``medsam.io.volume.read_volume`` reads (DICOM folder/file, NIfTI, NRRD, MHA, npz), or a
+``dicomweb://HOST:PORT/dicom-web/studies/S/series/R`` series (fetched and verified by ``medsam.io.dicomweb``).
 Intensity: the window (CT name, "W,L", "percentile", "auto") brings the volume to uint8 before the model.
 Output format from ``output_format`` or the name: .nii.gz/.nii (NIfTI), .nrrd, .mha, .dcm (DICOM-SEG, or
 RT-STRUCT with ``output_format="rtstruct"``), or a folder (the file is named after the input inside it).
@@ -153,7 +154,7 @@ def segment_volume(
 
 def segment_volume_file(
     predictor: Predictor,
-    input_path: str | Path,
+    input_path: str | Path,  # or a dicomweb:// series URI
     output: str | Path,
     *,
     prompts: Sequence[ObjectPrompt],
@@ -171,10 +172,11 @@ def segment_volume_file(
     Output paths and the DICOM requirement of DICOM-SEG/RT-STRUCT are checked before reading the voxels'
     worth of work; prompts are checked against the volume before the model runs.
     """
+    from medsam.io.dicomweb import resolve_input
     from medsam.io.volume import read_volume
 
     start = time.perf_counter()
-    input_path = Path(input_path)
+    input_path = resolve_input(input_path, progress=progress)  # dicomweb:// -> a verified local copy of the series
     if montage_path is not None:
         check_writable(montage_path, overwrite=overwrite)
     early = _early_target(output, output_format, input_path)

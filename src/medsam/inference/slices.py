@@ -88,12 +88,17 @@ class SliceEncoder:
             return found
         wanted = [z] + [a for a in ahead if a != z][: self.batch_size - 1]
         prepared = [self.prepare(i) for i in wanted]
-        fresh = [i for i, p in zip(wanted, prepared) if p.signature not in self.predictor.cache]
+        fresh = [i for i, p in zip(wanted, prepared) if not self.predictor.has_encoding(p.signature)]
         encodings = self.predictor.encode_prepared(prepared, batch_size=self.batch_size)
         self.encoded += len(fresh)
         self.encoded_slices.update(fresh)
         self._batch = dict(zip(wanted, encodings))
         return self._batch[z]
+
+    @property
+    def batch(self) -> dict[int, ImageEncoding]:
+        """The encodings of the batch last fetched (slice index -> encoding)."""
+        return dict(self._batch)
 
     def release(self) -> None:
         """Drop the current batch (the predictor's bounded cache may still hold it)."""

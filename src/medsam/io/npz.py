@@ -24,10 +24,11 @@ modality code (``3DBox_CT_0566.npz``, ``CT_Lesion_....npz``), else left unknown.
 from __future__ import annotations
 
 import io
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -189,5 +190,272 @@ def write_npz_segs(segs: np.ndarray, path: str | Path, *, overwrite: bool = Fals
     buffer = io.BytesIO()
     np.savez_compressed(buffer, segs=segs.astype(dtype, copy=False))
     with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return Path(path)
+
+
+# --- CVPR 2025 "Foundation Models for Interactive 3D Biomedical Image Segmentation" ---------------------------
+
+# The challenge stores its prompts as pickled Python objects (lists of dicts of numpy integers). They are read with
+# an unpickler that builds numpy arrays, dtypes and scalars only: nothing else a pickle could name is called.
+_PLAIN_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+CVPR25_BOX_KEYS = ("z_min", "z_max", "z_mid", "z_mid_x_min", "z_mid_y_min", "z_mid_x_max", "z_mid_y_max")
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle's hook
+        if (module, name) in _PLAIN_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
+    """One array of an npz; object arrays through the plain-data unpickler."""
+    with zf.open(name) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        if dtype.hasobject:
+            try:
+                array = _PlainDataUnpickler(fh).load()
+            except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as exc:
+                raise InputError(
+                    f"{path}: '{name[:-4]}' holds Python objects that are not plain numbers, lists and dicts ({exc}); "
+                    "refused for safety"
+                ) from exc
+            return np.asarray(array, dtype=object).reshape(shape)
+    with zf.open(name) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def load_npz_plain(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an npz file, object arrays included when they hold plain data only (numbers, strings,
+    lists, dicts, numpy arrays), as the CVPR 2025 challenge's files do; anything else is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist (or is not a file)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {n[:-4]: _read_member(zf, n, path) for n in zf.namelist() if n.endswith(".npy")}
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable npz file ({exc}); it may be truncated or corrupt") from exc
+
+
+def is_cvpr25_npz(path: str | Path) -> bool:
+    """True for a CVPR 2025 interactive case: prompts as objects (``boxes`` of dicts) or ``clicks`` present."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if {"clicks.npy", "clicks_order.npy"} & names:
+                return True
+            if "boxes.npy" in names:
+                with zf.open("boxes.npy") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    return bool(header(fh)[2].hasobject)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError):
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class Cvpr25Box:
+    """One class's box: the slice ``z_mid`` with its 2D box, and the object's inclusive slice range."""
+
+    z_min: int
+    z_max: int
+    z_mid: int
+    x_min: int
+    y_min: int
+    x_max: int
+    y_max: int
+
+    @property
+    def box(self) -> Box:
+        return Box(float(self.x_min), float(self.y_min), float(self.x_max), float(self.y_max))
+
+    @property
+    def z_limits(self) -> tuple[int, int]:
+        return self.z_min, self.z_max
+
+    def as_dict(self) -> dict[str, int]:
+        values = (self.z_min, self.z_max, self.z_mid, self.x_min, self.y_min, self.x_max, self.y_max)
+        return dict(zip(CVPR25_BOX_KEYS, (int(v) for v in values)))
+
+
+@dataclass(frozen=True)
+class Cvpr25Clicks:
+    """One class's clicks so far: foreground and background clicks as [z, y, x] array indices, and their order
+    ("fg"/"bg" per click)."""
+
+    fg: tuple[tuple[int, int, int], ...] = ()
+    bg: tuple[tuple[int, int, int], ...] = ()
+    order: tuple[str, ...] = ()
+
+    def sequence(self) -> tuple[tuple[int, int, int, int], ...]:
+        """Every click in the order given: (z, y, x, label) with label 1 for fg, 0 for bg."""
+        out, i_fg, i_bg = [], 0, 0
+        order = self.order or tuple(["fg"] * len(self.fg) + ["bg"] * len(self.bg))
+        for kind in order:
+            if kind == "fg" and i_fg < len(self.fg):
+                out.append((*self.fg[i_fg], 1))
+                i_fg += 1
+            elif kind == "bg" and i_bg < len(self.bg):
+                out.append((*self.bg[i_bg], 0))
+                i_bg += 1
+        out += [(*c, 1) for c in self.fg[i_fg:]] + [(*c, 0) for c in self.bg[i_bg:]]
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Cvpr25Case:
+    """A CVPR 2025 interactive case: ``imgs`` (D, H, W), ``spacing`` as stored, per class its box (None where the
+    case has no boxes) and its clicks so far, the previous prediction when given, and ``gts`` when the file has
+    them (training cases)."""
+
+    path: Path
+    imgs: np.ndarray
+    spacing: np.ndarray | None
+    boxes: tuple[Cvpr25Box | None, ...]
+    clicks: tuple[Cvpr25Clicks, ...]
+    prev_pred: np.ndarray | None
+    gts: np.ndarray | None
+
+    @property
+    def n_classes(self) -> int:
+        return max(len(self.boxes), len(self.clicks))
+
+    @property
+    def n_clicks(self) -> int:
+        return sum(len(c.sequence()) for c in self.clicks)
+
+
+def _int_triplet(value: object, what: str) -> tuple[int, int, int]:
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size != 3 or not np.all(np.isfinite(arr)):
+        raise InputError(f"{what}: a click is 3 numbers [z, y, x], got {value!r}")
+    return int(arr[0]), int(arr[1]), int(arr[2])
+
+
+def _cvpr25_boxes(raw: np.ndarray | None, path: Path) -> tuple[Cvpr25Box | None, ...]:
+    if raw is None:
+        return ()
+    items = list(np.asarray(raw, dtype=object).reshape(-1))
+    out: list[Cvpr25Box | None] = []
+    for i, item in enumerate(items):
+        if item is None:
+            out.append(None)
+            continue
+        if not isinstance(item, dict) or not set(CVPR25_BOX_KEYS) <= set(item):
+            raise InputError(
+                f"{path}: boxes[{i}] should be a dict with {', '.join(CVPR25_BOX_KEYS)}, got {str(item)[:120]}"
+            )
+        try:
+            out.append(Cvpr25Box(*(int(item[k]) for k in CVPR25_BOX_KEYS)))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}: boxes[{i}] holds values that are not whole numbers ({exc})") from exc
+    return tuple(out)
+
+
+def _cvpr25_clicks(raw: np.ndarray | None, order_raw: np.ndarray | None, path: Path) -> tuple[Cvpr25Clicks, ...]:
+    if raw is None:
+        return ()
+    items = list(np.asarray(raw, dtype=object).reshape(-1))
+    orders: list[tuple[str, ...]] = []
+    if order_raw is not None:
+        o = np.asarray(order_raw, dtype=object)
+        rows = list(o) if o.ndim >= 1 else []
+        for row in rows:
+            seq = [] if row is None else list(np.asarray(row, dtype=object).reshape(-1))
+            orders.append(tuple(str(v) for v in seq if str(v) in ("fg", "bg")))
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InputError(f"{path}: clicks[{i}] should be a dict {{'fg': [...], 'bg': [...]}}, got {str(item)[:120]}")
+        fg = tuple(_int_triplet(c, f"{path} clicks[{i}]['fg']") for c in item.get("fg", []) or [])
+        bg = tuple(_int_triplet(c, f"{path} clicks[{i}]['bg']") for c in item.get("bg", []) or [])
+        out.append(Cvpr25Clicks(fg, bg, orders[i] if i < len(orders) else ()))
+    return tuple(out)
+
+
+def read_cvpr25_case(path: str | Path) -> Cvpr25Case:
+    """Read a CVPR 2025 interactive case (``imgs``, ``spacing``, ``boxes``, ``clicks``, ``clicks_order``,
+    ``prev_pred``; ``gts`` on training cases); a malformed file is an InputError that says which key is wrong."""
+    path = Path(path)
+    data = load_npz_plain(path)
+    if "imgs" not in data:
+        raise InputError(f"{path} has no 'imgs' array (it has: {', '.join(sorted(data)) or 'nothing'})")
+    imgs = data["imgs"]
+    if imgs.ndim != 3 or imgs.size == 0 or imgs.dtype == object:
+        raise InputError(f"{path}: 'imgs' has shape {imgs.shape}; a CVPR 2025 case is a (D, H, W) volume")
+    boxes = _cvpr25_boxes(data.get("boxes"), path)
+    clicks = _cvpr25_clicks(data.get("clicks"), data.get("clicks_order"), path)
+    if not boxes and not clicks:
+        raise InputError(f"{path} has neither 'boxes' nor 'clicks': nothing says what to segment")
+    if boxes and clicks and len(boxes) != len(clicks):
+        raise InputError(f"{path}: {len(boxes)} boxes but clicks for {len(clicks)} classes; give one of each per class")
+    depth, h, w = imgs.shape
+    for i, b in enumerate(boxes):
+        if b is None:
+            continue
+        if not (0 <= b.z_min <= b.z_mid <= b.z_max < depth):
+            raise InputError(f"{path}: boxes[{i}] has z_min {b.z_min}, z_mid {b.z_mid}, z_max {b.z_max}; the volume has "
+                             f"slices 0..{depth - 1} and z_min <= z_mid <= z_max")
+        if not (0 <= b.x_min <= b.x_max < w and 0 <= b.y_min <= b.y_max < h):
+            raise InputError(f"{path}: boxes[{i}] ({b.x_min},{b.y_min})-({b.x_max},{b.y_max}) does not fit slices of "
+                             f"{w} columns and {h} rows")
+    for i, c in enumerate(clicks):
+        for z, y, x, _ in c.sequence():
+            if not (0 <= z < depth and 0 <= y < h and 0 <= x < w):
+                raise InputError(f"{path}: a click of class {i + 1} at [z={z}, y={y}, x={x}] lies outside the volume "
+                                 f"{imgs.shape} (clicks are [z, y, x] array indices)")
+    prev = data.get("prev_pred")
+    if prev is not None and prev.shape != imgs.shape:
+        raise InputError(f"{path}: 'prev_pred' has shape {prev.shape} but 'imgs' {imgs.shape}")
+    gts = data.get("gts")
+    if gts is not None and gts.shape != imgs.shape:
+        raise InputError(f"{path}: 'gts' has shape {gts.shape} but 'imgs' {imgs.shape}")
+    spacing = data.get("spacing")
+    return Cvpr25Case(path, imgs, None if spacing is None else np.asarray(spacing, dtype=np.float64).reshape(-1),
+                      boxes, clicks, prev, gts)
+
+
+def write_cvpr25_input(
+    path: str | Path,
+    imgs: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    boxes: Sequence[Cvpr25Box] | None = None,
+    clicks: Sequence[Cvpr25Clicks] | None = None,
+    prev_pred: np.ndarray | None = None,
+    gts: np.ndarray | None = None,
+) -> Path:
+    """Write a case as the challenge's harness does (pickled lists of dicts for boxes and clicks), atomically.
+    For tests, benchmarks and simulating the protocol."""
+    items: dict[str, object] = {"imgs": imgs, "spacing": np.asarray(spacing, dtype=np.float64)}
+    if gts is not None:
+        items["gts"] = gts
+    if boxes is not None:
+        items["boxes"] = np.array([b.as_dict() for b in boxes], dtype=object)
+    if clicks is not None:
+        items["clicks"] = np.array([{"fg": [list(c) for c in k.fg], "bg": [list(c) for c in k.bg]} for k in clicks],
+                                   dtype=object)
+        order = np.empty(len(clicks), dtype=object)
+        for i, k in enumerate(clicks):
+            order[i] = list(k.order)
+        items["clicks_order"] = order
+    if prev_pred is not None:
+        items["prev_pred"] = prev_pred
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **items)  # object arrays are pickled, as the harness writes them
+    with atomic_path(path, overwrite=True) as tmp:
         tmp.write_bytes(buffer.getvalue())
     return Path(path)

@@ -26,16 +26,27 @@ Endpoints (all under ``/api``; z is the slice index, 0 for a 2D image):
     GET    /sessions/{sid}/labels                    list labels
     PATCH  /sessions/{sid}/labels/{value}            rename / recolour
     DELETE /sessions/{sid}/labels/{value}            delete a label (its voxels become 0)
-    POST   /sessions/{sid}/propagate                 propagate a label through the volume (job, 202)
+    POST   /sessions/{sid}/propagate                 propagate a label through the volume (job, 202); it stops where
+                                                      the object ends unless z_range is given
+    POST   /sessions/{sid}/corrections               3D correction: clicks / a box on any slice re-segment it and
+                                                      re-propagate the label (accepted slices never change)
+    POST   /sessions/{sid}/corrections/undo          undo the last 3D correction
     GET    /sessions/{sid}/jobs[/{job}]              job progress; DELETE cancels
     POST   /sessions/{sid}/export                    png/overlay (2D), nifti/nrrd/mha/npz/dicom-seg/rtstruct/montage
     GET    /sessions/{sid}/exports[/{name}]          list / download exports
     POST   /sessions/{sid}/slices/{z}/proposals      automatic mask proposals ("segment everything"); GET: kept ones
     POST   /sessions/{sid}/slices/{z}/proposals/{id}/accept   name one (save it under a label); DELETE drops it
+    GET    /pacs, /pacs/studies, /pacs/studies/{study}/series  the PACS of --dicomweb (medsam.serve.pacs)
+    POST   /pacs/open                                open a PACS series as a session
+    POST   /sessions/{sid}/pacs/store                store the labels back into the PACS as DICOM-SEG / RT-STRUCT
+
+Coordinates: z is a slice index and x, y are pixels (column, row) of the session's view of the image, the slices
+as the page shows them (for volumes the radiological orientation of the series' plane unless the session was
+opened with another orientation; exports land on the source grid).
 
 Errors are JSON ``{"detail": message, "error": kind}``: 400 bad input or prompt, 401 token, 403 path outside
 the data root, 404 unknown session/slice/label/job/export, 409 conflicts (export exists, nothing to
-accept), 413 too large, 422 malformed request body.
+accept), 413 too large, 422 malformed request body, 502 the PACS is unreachable or refused.
 
 This module imports FastAPI; ``medsam.serve.create_app`` imports it only when called.
 """
@@ -65,8 +76,10 @@ from medsam.errors import (
     ModelNotFoundError,
     OutputError,
     PromptError,
+    RemoteServiceError,
 )
 from medsam.serve import schemas as S
+from medsam.serve.corrections import CorrectionHistory, correct_label, undo_correction
 from medsam.serve.engine import ModelEngine
 from medsam.serve.exports import export_path, list_exports, write_export
 from medsam.serve.history import PromptStep
@@ -93,6 +106,7 @@ ERROR_STATUS: list[tuple[type, int]] = [
     (OutputError, 409),
     (CheckpointError, 500),
     (BackendUnavailableError, 501),
+    (RemoteServiceError, 502),
     (MedsamError, 400),
 ]
 
@@ -169,6 +183,7 @@ def label_info(session: Session, entry: LabelEntry) -> S.LabelInfo:
         slices=slices,
         accepted_slices=list(entry.accepted_slices),
         propagated_slices=list(entry.propagated_slices),
+        corrected_slices=list(entry.corrected_slices),
     )
 
 
@@ -683,18 +698,45 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
             stack.check_z(key)
             if not (session.labels[key] == entry.value).any():
                 raise Conflict(f"label {entry.name!r} has no pixels on slice {key}; accept a mask there or choose another key slice")
-            z_range = (0, stack.depth - 1)
+            z_range = (0, stack.depth - 1)  # without a z_range the label stops where the object ends
             if req.z_range is not None:
                 z_range = (max(0, req.z_range[0]), min(stack.depth - 1, req.z_range[1]))
                 if not z_range[0] <= key <= z_range[1]:
                     raise PromptError(f"the key slice {key} is outside z_range {list(req.z_range)}")
             job = PropagationJob(
-                session, engine, entry.value, key, z_range, req.mode, req.keep_accepted, settings.propagation_batch
+                session, engine, entry.value, key, z_range, req.mode, req.keep_accepted, settings.propagation_batch,
+                limited=req.z_range is not None,
             )
             session.jobs[job.id] = job
         engine.prefetch.cancel(sid)
         job.start()
         return job_info(job)
+
+    corrections: dict[str, CorrectionHistory] = {}
+
+    def _correction_response(session: Session, result) -> S.CorrectionResponse:
+        history = corrections.get(session.id)
+        return S.CorrectionResponse(
+            label=result.label, z=result.z, changed_slices=list(result.changed_slices), ends=list(result.ends),
+            revision=result.revision, model_ms=result.model_ms, can_undo=bool(history and history.records),
+        )
+
+    @app.post("/api/sessions/{sid}/corrections", response_model=S.CorrectionResponse, tags=["propagation"])
+    def correct(sid: str, req: S.CorrectionRequest) -> S.CorrectionResponse:
+        session, stack = state.session(sid)
+        points, labels = _points(req.points, req.point_labels)
+        history = corrections.setdefault(session.id, CorrectionHistory())
+        result = correct_label(
+            session, stack, engine, history, req.label, req.z, points=points, point_labels=labels, box=req.box,
+            strategy=refinement,
+        )
+        return _correction_response(session, result)
+
+    @app.post("/api/sessions/{sid}/corrections/undo", response_model=S.CorrectionResponse, tags=["propagation"])
+    def undo_correct(sid: str) -> S.CorrectionResponse:
+        session, _ = state.session(sid)
+        result = undo_correction(session, corrections.setdefault(session.id, CorrectionHistory()))
+        return _correction_response(session, result)
 
     @app.get("/api/sessions/{sid}/jobs", response_model=list[S.JobInfo], tags=["propagation"])
     def jobs(sid: str) -> list[S.JobInfo]:
@@ -756,6 +798,11 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
     from medsam.serve.proposals import add_proposal_routes
 
     add_proposal_routes(app, state, _accept_mask)
+
+    # --- PACS over DICOMweb (medsam serve --dicomweb URL) ---------------------------------------------
+    from medsam.serve.pacs import add_pacs_routes
+
+    add_pacs_routes(app, state, session_info)
 
     return app
 

@@ -36,6 +36,7 @@ class PropagationJob:
     mode: str = "default"
     keep_accepted: bool = True
     batch_size: int = 1
+    limited: bool = False  # z_range was given: the label may not leave it (else it stops where the object ends)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: str = "queued"
     slices_done: int = 0
@@ -80,13 +81,13 @@ class PropagationJob:
             with session.lock:
                 entry = session.label_by(self.label)
                 key_mask = session.labels[self.key_slice] == entry.value
-                protected = set(entry.accepted_slices) if self.keep_accepted else set()
+                protected = set(entry.accepted_slices) | set(entry.corrected_slices) if self.keep_accepted else set()
                 previously = set(entry.propagated_slices)
             box = Box.from_mask(key_mask)
             if box is None:
                 raise Conflict(f"label {entry.name!r} has no pixels on key slice {self.key_slice}; accept a mask there first")
             config = PropagationConfig(mode=self.mode, batch_size=max(1, self.batch_size))  # type: ignore[arg-type]
-            prompt = ObjectPrompt(z=self.key_slice, box=box, z_limits=self.z_range)
+            prompt = ObjectPrompt(z=self.key_slice, box=box, z_limits=self.z_range if self.limited else None)
             stack = session.stack
             run = Propagator(engine.predictor, stack.model_slices, [prompt], config, source=f"session {session.id}")
             steps = run.run()
@@ -120,6 +121,9 @@ class PropagationJob:
                     for z in sorted(previously - reached - protected):
                         if self.z_range[0] <= z <= self.z_range[1]:
                             session.clear_slice_label(z, entry)
+                if entry.interaction:  # the boxes of slices it rewrote are stale; the corrections' prompts stay
+                    entry.interaction = {**entry.interaction,
+                                         "parts": [{**p, "boxes": {}} for p in entry.interaction.get("parts", [])]}
                 session.save()
             ends = "; ".join(f"{'up' if e.direction > 0 else 'down'}: {e.reason} at slice {e.last_z}" for e in run.ends)
             self.message = f"wrote {len(self.slices_written)} slices" + (f" ({ends})" if ends else "")

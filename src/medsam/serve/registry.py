@@ -132,6 +132,20 @@ class SessionRegistry:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
+    def open_fetched(self, filename: str, fetch, *, window: str = "auto", name: str | None = None) -> Session:
+        """A session on a source that ``fetch(source_dir) -> path to read`` puts into the new session's folder (e.g. a
+        series from a PACS); it is kept like an upload, so the session reopens without the remote server."""
+        sid, folder = self._new_folder()
+        try:
+            source_dir = folder / "source"
+            source_dir.mkdir()
+            read_path = Path(fetch(source_dir))
+            rel = read_path.relative_to(folder).as_posix()
+            return self._register(sid, folder, SourceRecord("upload", rel, safe_filename(filename)), window, name, read_path)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
     def delete(self, session_id: str) -> None:
         session = self.get(session_id)
         jobs = list(session.jobs.values())

@@ -69,6 +69,7 @@ class LabelInfo(BaseModel):
     slices: list[int] = Field(description="slices that hold this label")
     accepted_slices: list[int] = Field(description="slices a person accepted")
     propagated_slices: list[int] = Field(description="slices filled by propagation")
+    corrected_slices: list[int] = Field(default_factory=list, description="slices a person corrected in 3D (clicks or a box)")
 
 
 class SessionSummary(BaseModel):
@@ -154,6 +155,33 @@ class RefineRequest(_Model):
     @classmethod
     def _points(cls, v: list[list[float]]) -> list[list[float]]:
         return PromptRequest._points(v)
+
+
+class CorrectionRequest(_Model):
+    """A 3D correction of a label: clicks and/or a box on slice z re-segment it and re-propagate the label both ways
+    until the new masks agree with the existing ones or the object ends; accepted slices are never changed.
+    Coordinates are in slice pixels of the session's view (as everywhere in this API)."""
+
+    label: int | str = Field(description="label value or name to correct")
+    z: int = Field(ge=0, description="the slice clicked on")
+    points: list[list[float]] = Field(default_factory=list, description="[[x, y], ...] in slice pixels")
+    point_labels: list[int] = Field(default_factory=list, description="one per point: 1 object here, 0 not object")
+    box: list[float] | None = Field(None, description="a new box [x0, y0, x1, y1] for the label on this slice")
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v: list[list[float]]) -> list[list[float]]:
+        return PromptRequest._points(v) if v else v
+
+
+class CorrectionResponse(BaseModel):
+    label: int
+    z: int = Field(description="the corrected slice (-1 for an undo)")
+    changed_slices: list[int] = Field(description="slices whose mask of the label changed")
+    ends: list[str] = Field(description="why the re-propagation stopped, per direction")
+    revision: int
+    model_ms: float
+    can_undo: bool
 
 
 class StepRequest(_Model):

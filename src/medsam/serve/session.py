@@ -50,6 +50,8 @@ class LabelEntry:
     colour: str
     accepted_slices: list[int] = field(default_factory=list)
     propagated_slices: list[int] = field(default_factory=list)
+    corrected_slices: list[int] = field(default_factory=list)  # 3D corrections' clicked slices
+    interaction: dict[str, Any] | None = None  # the prompts of 3D corrections (InteractiveVolume.object_state)
 
 
 @dataclass
@@ -207,6 +209,7 @@ class Session:
         self._count(z)
         entry.accepted_slices = [s for s in entry.accepted_slices if s != z]
         entry.propagated_slices = [s for s in entry.propagated_slices if s != z]
+        entry.corrected_slices = [s for s in entry.corrected_slices if s != z]
 
     def delete_label(self, entry: LabelEntry) -> None:
         for z in list(self._slice_counts):

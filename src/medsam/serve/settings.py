@@ -52,6 +52,9 @@ class ServeSettings:
         exact eager path. ``threads`` is the engine's own thread count (OpenVINO/onnxruntime).
     refinement: how /refine turns clicks into prompts (``medsam.inference.refine``): None = the model's own
         (box_update for LiteMedSAM/MedSAM, sam for SAM), or "box_update" / "sam".
+    dicomweb_url: a PACS's DICOMweb service root (http(s)://HOST:PORT/dicom-web, or dicomweb(s)://...): the page lists
+        its studies and series, opens one, and stores accepted labels back (``medsam.serve.pacs``). Credentials come
+        from the ``MEDSAM_DICOMWEB_*`` environment (``medsam.io.dicomweb``), never from the command line.
     """
 
     host: str = "127.0.0.1"
@@ -77,8 +80,15 @@ class ServeSettings:
     backend: str = "auto"
     threads: int | None = None
     refinement: str | None = None
+    dicomweb_url: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dicomweb_url:
+            from medsam.io.dicomweb import service_url
+
+            object.__setattr__(self, "dicomweb_url", service_url(self.dicomweb_url))
+        else:
+            object.__setattr__(self, "dicomweb_url", None)
         if self.data_root is not None:
             root = Path(self.data_root).expanduser()
             if not root.is_dir():

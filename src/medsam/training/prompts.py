@@ -164,6 +164,68 @@ def corrective_click(pred: np.ndarray, ref: np.ndarray) -> Click | None:
     return Click(int(x), int(y), label)
 
 
+class Click3DSim(NamedTuple):
+    """A simulated 3D click at array index (z, y, x): label 1 adds a missed region, 0 removes a false positive."""
+
+    z: int
+    y: int
+    x: int
+    label: int
+
+
+def corrective_click_3d(pred: np.ndarray, ref: np.ndarray) -> Click3DSim | None:
+    """The CVPR 2025 challenge harness's next click, or None when the prediction equals the reference.
+
+    As ``CVPR25_iter_eval.py`` places it: the error is every voxel where prediction and reference differ (misses and
+    false positives together); its largest 26-connected component is taken; the click goes to the voxel farthest
+    from the component's boundary (Euclidean distance transform of the component cropped to its bounding box and
+    padded by a quarter of its size, at least one voxel, so the volume's border counts as boundary), the first of
+    the farthest voxels drawn with ``np.random.seed(42)`` on a tie; it is positive where the reference holds the
+    object (a miss), negative elsewhere (a false positive).
+    """
+    p, r = np.asarray(pred) != 0, np.asarray(ref) != 0
+    if p.shape != r.shape or p.ndim != 3:
+        raise InputError(f"corrective_click_3d needs 3D masks of one shape, got {p.shape} and {r.shape}")
+    error = p != r
+    if not error.any():
+        return None
+    components, count = ndimage.label(error, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    largest = components == int(np.argmax(sizes))
+    coords = np.argwhere(largest)
+    lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
+    crop_shape = hi - lo
+    pad = np.maximum((crop_shape * 0.25).astype(int), 1)
+    padded = np.zeros(crop_shape + 2 * pad, dtype=np.uint8)
+    inner = tuple(slice(int(a), int(a + n)) for a, n in zip(pad, crop_shape))
+    padded[inner] = largest[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))]
+    edt = ndimage.distance_transform_edt(padded)[inner]
+    best = np.argwhere(edt == edt.max())
+    pick = best[np.random.RandomState(42).choice(len(best))]
+    z, y, x = (int(v) for v in pick + lo)
+    return Click3DSim(z, y, x, 1 if r[z, y, x] else 0)
+
+
+def cvpr25_box(mask3d: np.ndarray, rng: np.random.Generator) -> dict[str, int]:
+    """The CVPR 2025 challenge's box of a (z, y, x) mask (its ``get_boxes.py``): z_min/z_max the object's first
+    and last slice, z_mid the slice of the median object voxel in raster order, and on that slice the tight 2D box
+    grown on every side by ``randint(0, 6)`` pixels of the 256-pixel frame (scaled to the slice size, per axis) and
+    clipped. Keys as the challenge's dicts: z_min, z_max, z_mid, z_mid_x_min, z_mid_y_min, z_mid_x_max, z_mid_y_max."""
+    m = _mask(mask3d, 3, "cvpr25_box")
+    zs = np.nonzero(m)[0]
+    z_mid = int(zs[len(zs) // 2])
+    h, w = m.shape[1:]
+    ys, xs = np.nonzero(m[z_mid])
+    shift = int(rng.integers(0, 6))
+    sx, sy = int(shift * w / 256), int(shift * h / 256)
+    return {
+        "z_min": int(zs.min()), "z_max": int(zs.max()), "z_mid": z_mid,
+        "z_mid_x_min": max(0, int(xs.min()) - sx), "z_mid_y_min": max(0, int(ys.min()) - sy),
+        "z_mid_x_max": min(w - 1, int(xs.max()) + sx), "z_mid_y_max": min(h - 1, int(ys.max()) + sy),
+    }
+
+
 def append_click(points: Points | None, click: Click) -> Points:
     """``points`` with ``click`` added at the end (a new Points; None starts from no points)."""
     coords = np.zeros((0, 2)) if points is None else points.coords

@@ -42,7 +42,8 @@ def exported_encoder(model, precision: str, backend: str, cache: ModelCache) -> 
     fp32 = cache.get_or_build(stamp_for(model, "encoder", "fp32"), _guarded(lambda p: export_encoder(model, p), "image encoder"))
     if precision != "int8":
         return fp32
-    return cache.get_or_build(stamp_for(model, "encoder", "int8"), _guarded(lambda p: quantize_linear_layers(fp32, p), "int8 encoder"))
+    # "int8-rr": weights quantised with a reduced range (7 bits); stamped apart from the full-range graphs of before
+    return cache.get_or_build(stamp_for(model, "encoder", "int8-rr"), _guarded(lambda p: quantize_linear_layers(fp32, p), "int8 encoder"))
 
 
 def exported_decoder(model, cache: ModelCache) -> Path:
@@ -50,7 +51,12 @@ def exported_decoder(model, cache: ModelCache) -> Path:
 
 
 def quantize_linear_layers(source: Path, target: Path) -> None:
-    """Dynamic int8 quantisation of the MatMuls that multiply by a weight (the linear layers) of ``source``."""
+    """Dynamic int8 quantisation of the MatMuls that multiply by a weight (the linear layers) of ``source``.
+
+    Weights use a reduced range (7 bits): onnxruntime's u8 x s8 kernels on x86 CPUs without VNNI (AVX2-only, e.g.
+    this AMD EPYC) saturate 16-bit intermediate sums with full-range weights; measured on the tiny test model the
+    embedding's relative error was 0.48 with full range and 0.03 with the reduced one.
+    """
     try:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -63,5 +69,5 @@ def quantize_linear_layers(source: Path, target: Path) -> None:
     linear = [n.name for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights]
     quantize_dynamic(
         str(source), str(target), op_types_to_quantize=["MatMul"], nodes_to_quantize=linear,
-        weight_type=QuantType.QInt8, per_channel=True,
+        weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
     )

@@ -224,11 +224,16 @@ async function openSession(info) {
   slider.max = info.shape[0] - 1;
   $("slice-bar").style.display = info.shape[0] > 1 ? "" : "none";
   $("propagate-row").style.display = info.dims === "3d" && info.shape[0] > 1 ? "" : "none";
+  $("correct-row").style.display = $("propagate-row").style.display;
+  // a session whose label was propagated already: clicks correct it in 3D
+  $("correct3d").checked = info.dims === "3d" && info.label_list.some((l) => l.propagated_slices.length > 0);
+  $("undo3d").disabled = true;
   const formats = info.dims === "2d" ? ["png", "overlay", "npz", "nifti"] : ["nifti", "nrrd", "dicom-seg", "rtstruct", "npz", "montage"];
   $("export-format").innerHTML = formats.map((f) => `<option>${f}</option>`).join("");
   fitCanvas();
   renderLabelList();
   renderExports(info.exports);
+  if (window.pacsSessionOpened) window.pacsSessionOpened(info);  // pacs.js: "Export to PACS" for PACS series
   await showSlice(state.z);
   refreshSessions();
 }
@@ -374,11 +379,14 @@ function setupCanvas() {
       state.drag = null;
       const box = [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)].map((v) => Math.round(v));
       if (box[2] - box[0] < 2 || box[3] - box[1] < 2) { render(); return; }
+      if (correcting()) { sendCorrection({ box }); return; }
       sendPrompt("prompts", { box }, t0);
     } else if (start.button === 0 || start.button === 2) {
       if (ev.target !== canvas) return;
       const [x, y] = canvasPoint(ev);
-      sendPrompt("refine", { points: [[Math.round(x), Math.round(y)]], point_labels: [start.button === 0 ? 1 : 0] }, t0);
+      const click = { points: [[Math.round(x), Math.round(y)]], point_labels: [start.button === 0 ? 1 : 0] };
+      if (correcting()) { sendCorrection(click); return; }
+      sendPrompt("refine", click, t0);
     }
   });
   canvas.addEventListener("wheel", (ev) => {
@@ -597,7 +605,39 @@ function renderLabelList() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// propagation
+// propagation and 3D corrections
+
+function correcting() {
+  // a click corrects the selected label in 3D when asked, on a volume, with no 2D draft in progress
+  const s = state.session;
+  return $("correct3d").checked && s && s.dims === "3d" && state.selectedLabel && !(state.draft && state.draft.has_mask);
+}
+
+async function sendCorrection(body) {
+  const s = state.session;
+  const z = state.z;
+  state.pending++;
+  setStatus("correcting in 3D\u2026", "busy");
+  try {
+    const r = await api(`/api/sessions/${s.id}/corrections`, { method: "POST", json: { label: state.selectedLabel, z, ...body } });
+    await refreshLabels();
+    $("undo3d").disabled = !r.can_undo;
+    const ends = r.ends.length ? ` (${r.ends.join("; ")})` : "";
+    setStatus(`3D correction on slice ${z}: ${r.changed_slices.length} slices changed in ${Math.round(r.model_ms)} ms${ends}`,
+      "corrected", { changed: r.changed_slices.join(",") });
+  } catch (err) { fail(err); } finally { state.pending--; }
+}
+
+async function undoCorrection() {
+  const s = state.session;
+  if (!s) return;
+  try {
+    const r = await api(`/api/sessions/${s.id}/corrections/undo`, { method: "POST" });
+    await refreshLabels();
+    $("undo3d").disabled = !r.can_undo;
+    setStatus(`undid a 3D correction: ${r.changed_slices.length} slices back`, "corrected", { changed: r.changed_slices.join(",") });
+  } catch (err) { if (err.status === 409) setStatus(err.message, "ready"); else fail(err); }
+}
 
 async function propagate() {
   const s = state.session;
@@ -629,6 +669,7 @@ async function pollJob(id, written) {
     $("propagate-cancel").hidden = true;
     state.job = null;
     await refreshLabels();
+    if (job.state === "done") $("correct3d").checked = true;  // the next clicks correct the propagated label
     setStatus(`propagation ${job.state}: ${job.message || ""}`, job.state === "failed" ? "error" : "propagated");
   } catch (err) { fail(err); }
 }
@@ -762,6 +803,7 @@ function setupControls() {
   $("propagate-cancel").onclick = () => {
     if (state.job) api(`/api/sessions/${state.session.id}/jobs/${state.job.id}`, { method: "DELETE" }).catch(fail);
   };
+  $("undo3d").onclick = undoCorrection;
   $("export").onclick = exportLabels;
   $("suggest").onclick = suggest;
   window.addEventListener("resize", () => { fitCanvas(); });
