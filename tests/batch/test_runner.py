@@ -90,21 +90,37 @@ def test_in_memory_results_carry_the_same_bytes(studies, pool, tmp_path):
     assert all(in_memory.payload[f] == (tmp_path / "ct" / f).read_bytes() for f in on_disk.files)
 
 
-def test_key_boxes_and_clicks_become_the_object_prompt(tmp_path):
-    from medsam.errors import PromptError
-    from medsam.types import Box
+def test_key_boxes_and_clicks_go_through_the_interactive_volume(studies, pool, tmp_path):
+    import SimpleITK as sitk
 
-    job = build_job({"input": "ct.nii.gz", "key_boxes": [{"z": 6, "box": [16, 12, 32, 28]}],
-                     "clicks": [[6, 20, 24, 1], [6, 13, 17, 0]], "z_range": [3, 9]}, base=tmp_path)
-    (prompt,) = object_prompts(job)
-    assert (prompt.z, prompt.box, prompt.z_limits) == (6, Box(16, 12, 32, 28), (3, 9))
-    assert prompt.points.coords.tolist() == [[24, 20], [17, 13]] and prompt.points.labels.tolist() == [1, 0]
-    several = build_job({"input": "ct.nii.gz", "key_boxes": "4:1,1,9,9;8:2,2,9,9"}, base=tmp_path)
-    with pytest.raises(PromptError, match="one key slice per object"):
-        object_prompts(several)
-    off = build_job({"input": "ct.nii.gz", "key_boxes": "4:1,1,9,9", "clicks": "7,3,3,1"}, base=tmp_path)
-    with pytest.raises(PromptError, match="slice\\(s\\) 7 besides the key slice 4"):
-        object_prompts(off)
+    from _data import ball_volume, write_nifti
+
+    ct = write_nifti(tmp_path / "small.nii.gz", ball_volume(shape=(5, 32, 32), centre=(2, 16, 16), radius=5))
+    job = build_job({"id": "keyed", "input": str(ct), "window": "soft_tissue", "outputs": ["nifti", "montage"],
+                     "key_boxes": "1:10,10,22,22;3:11,11,21,21", "clicks": [[2, 16, 16, 1]]}, base=tmp_path)
+    result = run_job(job, tmp_path, pool)
+    assert result.ok, (result.error, result.detail)
+    assert result.files == ("small_montage.png", "small_seg.nii.gz")
+    assert result.summary.endswith("2 key box(es), 1 click(s)")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "keyed" / "small_seg.nii.gz")))
+    assert labels.shape == (5, 32, 32) and set(np.unique(labels)) == {0, 1} and labels[1:4].any()
+
+    reference = build_job({"id": "ref", "input": str(ct), "key_boxes": "5:16,12,32,28", "mode": "reference"},
+                          base=tmp_path)
+    failed = run_job(reference, tmp_path, pool)
+    assert not failed.ok and "default propagation mode" in failed.error
+    lonely = build_job({"id": "lonely", "input": str(ct), "clicks": [[6, 20, 24, 1]]}, base=tmp_path)
+    failed = run_job(lonely, tmp_path, pool)
+    assert not failed.ok and "clicks correct an object" in failed.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keyed", "small.nii.gz"]
+
+
+def test_pacs_series_are_volume_jobs_named_after_their_uid(tmp_path):
+    job = build_job({"input": "dicomweb://pacs:8042/dicom-web/studies/1.2/series/1.2.3.4", "boxes3d": [[1, 1, 1, 5, 5, 3]]},
+                    base=tmp_path)
+    assert (job.kind, job.id, job.uri, job.source_path) == (
+        "volume", "1.2.3.4", "dicomweb://pacs:8042/dicom-web/studies/1.2/series/1.2.3.4", job.uri)
+    assert object_prompts(job)[0].z_limits == (1, 3)
 
 
 def test_a_folder_of_cvpr25_cases_segments_each_class_box(tmp_path, pool):
@@ -120,9 +136,10 @@ def test_a_folder_of_cvpr25_cases_segments_each_class_box(tmp_path, pool):
     assert job.kind == "npz"
     result = run_job(job, tmp_path / "out", pool)
     assert result.ok, result.error
-    assert result.summary == "3D npz (CVPR25), 2 object(s)"
+    assert result.summary == "CVPR25 npz, step box, 2 class(es)"
     with np.load(tmp_path / "out" / job.id / "CT_Abdomen_001.npz") as data:
         segs = data["segs"]
     assert segs.shape == vol.shape and set(np.unique(segs)) <= {0, 1, 2}
     assert not segs[:3].any() and not segs[10:].any()  # each class stays inside its z extent
     assert not (segs == 2)[:5].any() and not (segs == 2)[7:].any()
+    assert result.files == ("CT_Abdomen_001.npz",)  # the protocol's state stays out of the outputs

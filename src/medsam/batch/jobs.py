@@ -7,8 +7,8 @@ segment everything), the model and the outputs to write. Sources (:func:`load_jo
 - ``JOBS.csv``: one job per row, list values written ``a,b,c;d,e,f`` (groups by ``;``, numbers by ``,``); or a
   detector's boxes, one object per row in columns ``x0, y0, x1, y1`` (and ``z0, z1`` for a 3D box): rows with
   the same ``id`` (or, without ids, the same ``input``) make one job;
-- a folder: every ``*.npz`` in it is a CVPR 2024 case (``boxes`` rows) or CVPR 2025 case (``boxes`` dicts, read
-  by :mod:`medsam.io.cvpr25`) with its own boxes; or its images with the prompts
+- a folder: every ``*.npz`` in it is a CVPR 2024 case (``boxes`` rows) or CVPR 2025 case (``boxes`` dicts, one
+  protocol step: :mod:`medsam.inference.cvpr25`) with its own boxes; or its images with the prompts
   CSV beside them (``prompts.csv`` / ``jobs.csv``, paths relative to the folder).
 
 Fields (JSONL keys = CSV columns; only ``input`` is required):
@@ -16,7 +16,7 @@ Fields (JSONL keys = CSV columns; only ``input`` is required):
 =========== ============================================================================================
 id          job name, also its output folder ``OUT_DIR/<id>/`` (letters, digits, ``._-``); default: the input
             path relative to the jobs file without suffixes, ``/`` written ``__``
-input       the file or folder, relative to the jobs file
+input       the file or folder, relative to the jobs file, or a PACS series ``dicomweb://HOST/.../series/UID``
 kind        image | volume | npz | video (default: from the input: raster suffix -> image, video suffix ->
             video, ``.npz`` without prompts -> npz (its own boxes), anything else -> volume)
 boxes       2D boxes x0,y0,x1,y1 (one object each): on the image, on ``slice`` of a volume, on ``frame``
@@ -39,8 +39,9 @@ outputs     formats to write (``;``-separated in CSV), the first the main one; p
             overlay-video
 =========== ============================================================================================
 
-``key_boxes`` and ``clicks`` are handed to the 3D propagation when its API takes them; until then a job that
-gives them fails with a message saying so (the rest of the batch runs).
+``key_boxes`` and ``clicks`` go to :class:`medsam.inference.interactive3d.InteractiveVolume`: the key boxes are
+one object (boxes on one slice its parts, boxes on other slices its further key slices), then each click corrects
+it (or, without key boxes, the object nearest to the click).
 
 A row that cannot become a job (a malformed box, an unknown output) is kept as a :class:`JobProblem`: the run
 reports it as failed and goes on. A jobs file that cannot be read at all is an InputError.
@@ -144,6 +145,12 @@ class Job:
     mode: str = "default"
     labels: tuple[str, ...] = ()
     source: str = ""
+    uri: str = ""  # a PACS series (dicomweb:// or dicomwebs://); then ``input`` is its name (the series UID)
+
+    @property
+    def source_path(self) -> Path | str:
+        """What the reader is given: the PACS address, or the input path."""
+        return self.uri or self.input
 
     @property
     def everything(self) -> bool:
@@ -164,7 +171,7 @@ class Job:
             "slice": self.slice, "frame": self.frame, "z_range": list(self.z_range) if self.z_range else None,
             "key_boxes": [{"z": k.z, "box": k.box.as_array().tolist()} for k in self.key_boxes],
             "clicks": [[c.z, c.y, c.x, c.label] for c in self.clicks],
-            "window": self.window, "mode": self.mode, "labels": list(self.labels),
+            "window": self.window, "mode": self.mode, "labels": list(self.labels), "uri": self.uri,
         }
 
     @property
@@ -398,7 +405,9 @@ def build_job(row: Mapping[str, Any], *, base: Path, defaults: JobDefaults = Job
     text = row.get("input")
     if not isinstance(text, str) or not text.strip():
         raise InputError("no input: give the image, volume, npz or video file (or DICOM folder) in 'input'")
-    input_path = _absolute(text.strip(), base)
+    text = text.strip()
+    uri = text if text.lower().startswith(("dicomweb://", "dicomwebs://")) else ""
+    input_path = Path(uri.rstrip("/").rsplit("/", 1)[-1]) if uri else _absolute(text, base)
     boxes = _boxes(row.get("boxes"), "box") + tuple(
         recist_box(_numbers(g, "recist"), source=f"recist {i + 1}") for i, g in enumerate(_groups(row.get("recist"), "recist"))
     )
@@ -410,7 +419,9 @@ def build_job(row: Mapping[str, Any], *, base: Path, defaults: JobDefaults = Job
     kind_text = str(row.get("kind") or "").strip().lower()
     if kind_text and kind_text not in KINDS:
         raise InputError(f"kind {kind_text!r}: choose one of {', '.join(KINDS)}")
-    kind: JobKind = kind_text or infer_kind(input_path, has_prompts)  # type: ignore[assignment]
+    kind: JobKind = kind_text or ("volume" if uri else infer_kind(input_path, has_prompts))  # type: ignore[assignment]
+    if uri and kind != "volume":
+        raise InputError(f"{uri}: a PACS series (dicomweb://) is a volume job, not {kind}")
     slice_index, frame = _int(row.get("slice"), "slice"), _int(row.get("frame"), "frame")
     z_range = _range(row.get("z_range"), "z_range")
     if points is not None and len(boxes) > 1:
@@ -447,14 +458,15 @@ def build_job(row: Mapping[str, Any], *, base: Path, defaults: JobDefaults = Job
     if mode not in ("default", "reference"):
         raise InputError(f"mode {mode!r}: choose default or reference")
     model = _model(row, base, defaults.model)
-    job_id = str(row.get("id") or "").strip() or default_id(input_path, base)
+    job_id = str(row.get("id") or "").strip() or (
+        re.sub(r"[^A-Za-z0-9._-]", "_", input_path.name)[:200] if uri else default_id(input_path, base))
     if not _ID_RE.match(job_id):
         raise InputError(f"id {job_id!r}: use letters, digits, '.', '_' and '-' (it names the job's output folder)")
     return Job(
         id=job_id, kind=kind, input=input_path, outputs=tuple(outputs), model=model, boxes=boxes, boxes3d=boxes3d,
         points=points, slice=slice_index, frame=frame, z_range=z_range, key_boxes=key_boxes, clicks=clicks,
         window=str(row.get("window") or defaults.window).strip(), mode=mode, labels=_names(row.get("labels")),
-        source=source,
+        source=source, uri=uri,
     )
 
 

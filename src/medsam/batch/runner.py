@@ -187,7 +187,7 @@ def list_files(folder: Path) -> tuple[str, ...]:
 
 def execute(job: Job, folder: Path, pool: PredictorPool) -> str:
     """Run the job, writing its outputs into ``folder``; returns a one-line summary."""
-    if not job.input.exists():
+    if not job.uri and not job.input.exists():
         raise InputError(f"input {job.input} does not exist ({job.source or job.id})")
     if job.kind == "npz":
         return _npz(job, folder, pool)
@@ -222,15 +222,9 @@ def _image(job: Job, folder: Path, pool: PredictorPool) -> str:
 
 
 def object_prompts(job: Job) -> list:
-    """The job's objects as ObjectPrompts: each 3D box, each box on ``slice`` (with the clicks of one object),
-    and one object from key-slice boxes / 3D clicks.
-
-    This propagation takes one key slice per object: one key box is that object's prompt, and 3D clicks that
-    all lie on its key slice are its points there. Several key slices per object, or clicks on other slices,
-    wait for the propagation's own API and are refused with a message until then.
-    """
+    """The propagation prompts of a volume job: each 3D box, and each box on ``slice`` (with the clicks of one
+    object). Key-slice boxes and 3D clicks go through :func:`_volume_interactive` instead."""
     from medsam.inference.propagate import ObjectPrompt
-    from medsam.types import Points
 
     prompts = [ObjectPrompt.from_box3d(b) for b in job.boxes3d]
     if job.slice is not None:
@@ -238,84 +232,99 @@ def object_prompts(job: Job) -> list:
             prompts.append(ObjectPrompt(z=job.slice, points=job.points, z_limits=job.z_range))
         for box in job.boxes:
             prompts.append(ObjectPrompt(z=job.slice, box=box, points=job.points, z_limits=job.z_range))
-    if job.key_boxes or job.clicks:
-        if len(job.key_boxes) > 1:
-            raise PromptError(
-                f"{len(job.key_boxes)} key boxes for one object: this installation's 3D propagation takes one key "
-                "slice per object; give one key box (or one object per key box as boxes3d/slice+boxes)"
-            )
-        z = job.key_boxes[0].z if job.key_boxes else job.clicks[0].z
-        off = sorted({c.z for c in job.clicks if c.z != z})
-        if off:
-            raise PromptError(
-                f"3D clicks on slice(s) {', '.join(map(str, off))} besides the key slice {z}: this installation's "
-                "3D propagation takes clicks on the key slice only"
-            )
-        points = None
-        if job.clicks:
-            points = Points(np.array([[c.x, c.y] for c in job.clicks]), np.array([c.label for c in job.clicks]))
-        box = job.key_boxes[0].box if job.key_boxes else None
-        prompts.append(ObjectPrompt(z=z, box=box, points=points, z_limits=job.z_range))
-    if not prompts:
-        raise PromptError(f"{job.id}: no prompt for the volume (boxes3d, slice with boxes/points, key_boxes or clicks)")
+    if not prompts and not job.key_boxes:
+        raise PromptError(f"{job.id}: no object in the volume: give boxes3d, slice with boxes/points, or key_boxes "
+                          "(3D clicks correct an object, they do not start one)")
     return prompts
 
 
 def _volume(job: Job, folder: Path, pool: PredictorPool) -> str:
-    from medsam.inference.segment3d import resolve_output, segment_volume_file, write_labels
+    from medsam.inference.segment3d import segment_volume_file
 
+    if job.key_boxes or job.clicks:
+        return _volume_interactive(job, folder, pool)
     prompts = object_prompts(job)
     formats = [o for o in job.outputs if o in LABEL_VOLUME_FORMATS]
-    stem = _stem(job)
-    montage = folder / f"{stem}_montage.png" if "montage" in job.outputs else None
-    first = None if formats[0] == "auto" else formats[0]
+    montage = folder / f"{_stem(job)}_montage.png" if "montage" in job.outputs else None
     result = segment_volume_file(
-        pool.get(job.model), job.input, folder, prompts=prompts, window=job.window, output_format=first,
-        montage_path=montage, config=_config(job, pool), label_names=list(job.labels) or None, progress=False,
+        pool.get(job.model), job.source_path, folder, prompts=prompts, window=job.window,
+        output_format=None if formats[0] == "auto" else formats[0], montage_path=montage, config=_config(job, pool),
+        label_names=list(job.labels) or None, progress=False,
     )
-    written = {result.output.path}
-    for fmt in formats[1:]:
-        target = resolve_output(folder, output_format=None if fmt == "auto" else fmt, input_path=job.input,
-                                dicom_input="dicom" in result.volume.metadata)
-        if target.path not in written:
-            write_labels(result.labels, result.volume, target, label_names=list(job.labels) or None)
-            written.add(target.path)
+    _write_more_formats(job, folder, result.labels, result.volume, formats[1:], {result.output.path})
     voxels = sum(o.voxels for o in result.segmentation.objects)
     return f"{len(result.segmentation.objects)} object(s), {voxels} voxels, {result.segmentation.slices_encoded} slices encoded"
 
 
+def _write_more_formats(job: Job, folder: Path, labels: np.ndarray, volume: Any, formats: list[str], written: set) -> None:
+    from medsam.inference.segment3d import resolve_output, write_labels
+
+    for fmt in formats:
+        target = resolve_output(folder, output_format=None if fmt == "auto" else fmt, input_path=job.input,
+                                dicom_input="dicom" in volume.metadata)
+        if target.path not in written:
+            write_labels(labels, volume, target, label_names=list(job.labels) or None)
+            written.add(target.path)
+
+
+def _volume_interactive(job: Job, folder: Path, pool: PredictorPool) -> str:
+    """Key-slice boxes (several slices and parts per object) and 3D corrective clicks: the object(s) are built by
+    :class:`medsam.inference.interactive3d.InteractiveVolume` as a person's interactions would, in order: 3D
+    boxes and slice boxes first, then the key-box object, then each click (on the key-box object when there is
+    one, else on the object nearest to it)."""
+    from medsam.errors import OutputError
+    from medsam.inference.interactive3d import Click3D, InteractiveVolume, KeyBox
+    from medsam.io.volume import read_volume
+    from medsam.preprocess.intensity import apply_window, resolve_window
+
+    volume = read_volume(_resolve_input(job))
+    volume_u8 = apply_window(volume, resolve_window(volume, job.window))
+    session = InteractiveVolume(pool.get(job.model), volume_u8, config=_config(job, pool), source=str(job.input))
+    for prompt in object_prompts(job):
+        session.add_object(prompt=prompt)
+    target = None
+    if job.key_boxes:
+        target = session.add_object(key_boxes=[KeyBox(k.z, k.box) for k in job.key_boxes], z_limits=job.z_range).label
+    for c in job.clicks:
+        session.click(Click3D(c.z, c.y, c.x, c.label, target))
+    labels = session.labels()
+    if not labels.any():
+        raise OutputError(f"{job.input}: the key boxes and clicks found nothing; nothing was written")
+    formats = [o for o in job.outputs if o in LABEL_VOLUME_FORMATS]
+    _write_more_formats(job, folder, labels, volume, formats, set())
+    if "montage" in job.outputs:
+        from medsam.io.montage import write_montage
+
+        write_montage(volume_u8, labels, folder / f"{_stem(job)}_montage.png")
+    return (f"{len(session.object_labels)} object(s), {int((labels > 0).sum())} voxels, "
+            f"{len(job.key_boxes)} key box(es), {len(job.clicks)} click(s)")
+
+
+def _resolve_input(job: Job) -> Any:
+    """A PACS series (dicomweb://) as a verified local copy; a path as it is."""
+    if job.uri:
+        from medsam.io.dicomweb import resolve_input
+
+        return resolve_input(job.uri, progress=False)
+    return job.input
+
+
 def _npz(job: Job, folder: Path, pool: PredictorPool) -> str:
+    from medsam.io.npz import is_cvpr25_npz
+
+    if is_cvpr25_npz(job.input):
+        # a CVPR 2025 case: its box step (and clicks, when the file holds some), as a submission runs it; the
+        # interactive protocol propagates in the default mode whatever ``mode`` says
+        from medsam.inference.cvpr25 import segment_cvpr25_case
+        from medsam.inference.propagate import PropagationConfig
+
+        step = segment_cvpr25_case(pool.get(job.model), job.input, folder / job.input.name,
+                                   config=PropagationConfig(batch_size=pool.settings.batch_size))
+        return f"CVPR25 npz, step {step.step}, {step.classes} class(es)"
     from medsam.inference.cvpr24 import segment_npz_case
-    from medsam.io.cvpr25 import is_cvpr25_case
 
-    if is_cvpr25_case(job.input):
-        return _cvpr25(job, folder, pool)
-    result = segment_npz_case(pool.get(job.model), job.input, folder / job.input.name,
-                              config=_config(job, pool))
+    result = segment_npz_case(pool.get(job.model), job.input, folder / job.input.name, config=_config(job, pool))
     return f"{'3D' if result.is_3d else '2D'} npz, {result.objects} object(s)"
-
-
-def _cvpr25(job: Job, folder: Path, pool: PredictorPool) -> str:
-    """A CVPR25 case: each class box propagated from its key slice within its z extent; ``segs`` out."""
-    from dataclasses import replace
-
-    from medsam.inference.propagate import ObjectPrompt, segment_stack
-    from medsam.io.cvpr25 import read_cvpr25_case
-    from medsam.io.npz import write_npz_segs
-
-    case = read_cvpr25_case(job.input)
-    if not case.boxes:
-        raise InputError(f"{job.input} has no 'boxes'; this CVPR25 case needs one box per class to segment")
-    volume = case.imgs
-    if volume.dtype != np.uint8:
-        from medsam.preprocess.intensity import apply_window
-
-        volume = apply_window(volume, "auto")
-    prompts = [ObjectPrompt(z=b.z_mid, box=b.box, z_limits=(b.z_min, b.z_max), extent=b.box) for b in case.boxes]
-    seg = segment_stack(pool.get(job.model), volume, prompts, replace(_config(job, pool), require_key_mask=False),
-                        progress=False, source=str(job.input))
-    write_npz_segs(seg.labels, folder / job.input.name)
-    return f"3D npz (CVPR25), {len(prompts)} object(s)"
 
 
 def _video(job: Job, folder: Path, pool: PredictorPool) -> str:
