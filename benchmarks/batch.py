@@ -134,10 +134,10 @@ def main() -> None:
         configs = [("direct", 0)] + [(e, w) for e in args.executors.split(",") for w in worker_counts]
         ray_start = None
         if any(e == "ray" for e, _ in configs):
-            import ray
+            from medsam.batch.ray_executor import init_local_ray
 
             t = time.perf_counter()
-            ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+            init_local_ray(cores)  # as `medsam batch --executor ray` starts it (workers at normal priority)
             ray_start = time.perf_counter() - t
         # Rounds in alternating order (forwards, then backwards, ...): a load that drifts during the run then
         # weighs on every configuration alike; each row is the median over the rounds.

@@ -23,7 +23,9 @@ from _data import BAD_IDS, GOOD_IDS, mixed_studies, tree  # noqa: E402
 @pytest.fixture(scope="module")
 def local_ray():
     """One small Ray instance for the module (the executors join it and leave it running)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from medsam.batch.ray_executor import init_local_ray
+
+    init_local_ray(2)
     yield
     ray.shutdown()
 
@@ -31,6 +33,10 @@ def local_ray():
 def states(out: Path) -> dict[str, tuple[str, str]]:
     with (out / "summary.csv").open() as fh:
         return {r["job"]: (r["state"], r["error"]) for r in csv.DictReader(fh)}
+
+
+def again_pid(executor) -> int:
+    return executor.labels[0][1]
 
 
 def dicom_seg_content(path: Path):
@@ -89,6 +95,8 @@ def test_a_dead_actor_loses_its_job_and_a_fresh_one_takes_over(tmp_path, local_r
         (lost,) = events
         assert type(lost).__name__ == "Lost" and lost.job_id == "ct" and "actor died" in lost.reason
         assert executor.spawned == 2 and executor.idle() == 1
+        with open(f"/proc/{again_pid(executor)}/stat") as fh:
+            assert int(fh.read().rsplit(")", 1)[1].split()[16]) == 0  # nice: Ray's default 15 is lifted
         again = executor.submit(job)
         assert again.pid != started.pid
         events = []

@@ -39,6 +39,22 @@ def import_ray() -> Any:
     return ray
 
 
+def init_local_ray(num_cpus: int, **kwargs: Any) -> None:
+    """Start a local Ray instance for the batch: ``num_cpus`` CPUs, no dashboard, workers at normal priority.
+
+    Ray starts its workers at nice 15 by default (so its own daemons stay responsive); the batch's actors are the
+    work itself, and on a machine shared with other work a niced actor gets a fraction of the CPU it is given
+    (measured here: Ray 2-5x slower than the local executor at nice 15, on par at 0)."""
+    import logging
+
+    ray = import_ray()
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    options: dict[str, Any] = {"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False,
+                               "logging_level": logging.WARNING}
+    options.update(kwargs)
+    ray.init(**options)
+
+
 class RayWorker:
     """The actor: one model for its lifetime (loaded at its first job), jobs in, output bytes out."""
 
@@ -89,16 +105,12 @@ class RayExecutor:
         ray = self._ray = import_ray()
         self.out_dir = Path(out_dir)
         if not ray.is_initialized():
-            import logging
-
-            kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
-                                      "logging_level": logging.WARNING}
             if self.address:
-                kwargs["address"] = self.address
+                import logging
+
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **self.init_kwargs)
             else:
-                kwargs["num_cpus"] = self.workers * int(self.settings.threads or 1)
-            kwargs.update(self.init_kwargs)
-            ray.init(**kwargs)
+                init_local_ray(self.workers * int(self.settings.threads or 1), **self.init_kwargs)
             self._owns_ray = True
         options: dict[str, Any] = {"num_cpus": int(self.settings.threads or 1), "max_restarts": 0,
                                    "max_task_retries": 0}
