@@ -204,10 +204,10 @@ def _stem(job: Job) -> str:
     return strip_suffix(job.input.name) or "input"
 
 
-def _config(job: Job, pool: PredictorPool, **kwargs: Any):
+def _config(job: Job, pool: PredictorPool):
     from medsam.inference.propagate import PropagationConfig
 
-    return PropagationConfig(mode=job.mode, batch_size=pool.settings.batch_size, **kwargs)  # type: ignore[arg-type]
+    return PropagationConfig(mode=job.mode, batch_size=pool.settings.batch_size)  # type: ignore[arg-type]
 
 
 def _image(job: Job, folder: Path, pool: PredictorPool) -> str:
@@ -375,7 +375,7 @@ def _plane(job: Job):
     from medsam.io.volume import read_volume
     from medsam.preprocess.intensity import apply_window, resolve_window
 
-    volume = read_volume(job.input)
+    volume = read_volume(_resolve_input(job))
     depth = volume.shape[0]
     z = depth // 2 if job.slice is None else int(job.slice)
     if not 0 <= z < depth:
