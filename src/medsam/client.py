@@ -94,12 +94,19 @@ class MedsamClient:
     def files(self, path: str = "") -> S.FileList:
         return self._json("GET", "/api/files", S.FileList, params={"path": path})
 
-    def open_path(self, path: str, *, window: str = "auto", name: str | None = None) -> S.SessionInfo:
-        return self._json("POST", "/api/sessions", S.SessionInfo, json=self._body(path=path, window=window, name=name))
+    def open_path(
+        self, path: str, *, window: str = "auto", name: str | None = None, orientation: str = "canonical"
+    ) -> S.SessionInfo:
+        """Open a file of the data root; ``orientation`` (canonical, lps, stored) is the frame of every slice
+        index and pixel of the session."""
+        body = self._body(path=path, window=window, name=name, orientation=orientation)
+        return self._json("POST", "/api/sessions", S.SessionInfo, json=body)
 
-    def upload(self, file: str | Path, *, window: str = "auto", name: str | None = None) -> S.SessionInfo:
+    def upload(
+        self, file: str | Path, *, window: str = "auto", name: str | None = None, orientation: str = "canonical"
+    ) -> S.SessionInfo:
         file = Path(file)
-        data = self._body(window=window, name=name)
+        data = self._body(window=window, name=name, orientation=orientation)
         with open(file, "rb") as fh:
             return self._json("POST", "/api/sessions/upload", S.SessionInfo, files={"file": (file.name, fh)}, data=data)
 

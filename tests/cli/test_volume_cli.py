@@ -110,6 +110,28 @@ def test_slice_prompt_stops_where_the_ball_ends(tmp_path, nifti, capsys):
     assert "encoded 13 slices, decoded 13" in text
 
 
+def test_key_boxes_and_clicks(tmp_path, nifti, capsys):
+    import SimpleITK as sitk
+
+    out = tmp_path / "ball.nii.gz"
+    rc = main(["segment-volume", str(nifti), "--key-box", "10:16,12,32,28", "--key-box", "8:17,13,31,27",
+               "--click", "12,20,24,1", "-o", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert set(np.unique(labels)) == {0, 1} and dice(labels, ball()) > 0.85
+    assert "click for label 1" in capsys.readouterr().out
+    for argv, words in (
+        (["--key-box", "10:16,12,32,28", "--click", "1,2,3"], "z,y,x,1|0"),
+        (["--key-box", "10:16,12,32,28", "--click", "30,20,24,1"], "outside the volume"),
+        (["--key-box", "40:16,12,32,28"], "slices 0..19"),
+        (["--key-box", "10-16,12,32,28"], "Z:x0,y0,x1,y1"),
+        (["--click", "12,20,24,1"], "no prompt"),
+    ):
+        rc = main(["segment-volume", str(nifti), *argv, "-o", str(tmp_path / "bad.nii.gz"), "--no-progress"])
+        assert rc == 2 and words in capsys.readouterr().err, argv
+        assert not (tmp_path / "bad.nii.gz").exists()
+
+
 def test_reference_mode_and_output_folder(tmp_path, nifti):
     folder = tmp_path / "results"
     assert main(["segment-volume", str(nifti), "--box3d", "16,12,6,32,28,14", "-o", str(folder), "--mode", "reference",

@@ -60,10 +60,12 @@ def write_ct_series(
     description: str = "synthetic CT",
     shuffle_seed: int | None = 7,
     name_prefix: str = "",
+    direction: np.ndarray | None = None,
 ) -> SynthSeries:
     """Write a CT series (one file per slice, shuffled file names and InstanceNumbers) and describe it.
 
     SliceThickness deliberately differs from the slice step, so a reader that trusts it gets z wrong.
+    ``direction`` (columns: row direction, column direction, slice normal) replaces ``angles_deg``.
     """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -73,7 +75,7 @@ def write_ct_series(
     series_uid = series_uid or generate_uid()
     study_uid = study_uid or generate_uid()
     frame_uid = frame_uid or generate_uid()
-    rot = rotation(*angles_deg)
+    rot = rotation(*angles_deg) if direction is None else np.asarray(direction, dtype=np.float64)
     row_dir, col_dir, normal = rot[:, 0], rot[:, 1], rot[:, 2]
     hu = hu_pattern((num_slices, rows, cols))
     raw = np.round((hu - intercept) / slope).astype(np.uint16)

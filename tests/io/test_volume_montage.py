@@ -47,3 +47,16 @@ def test_montage_windows_raw_volumes():
     assert picture.max() == 255 and picture.dtype == np.uint8
     with pytest.raises(OutputError, match="same"):
         render_montage(hu, labels[:, :8])
+
+
+def test_montage_names_view_slices_by_their_stored_index():
+    """A view with z reversed writes the stored slice number on each tile; only the text differs."""
+    image = np.full((6, 32, 32), 90, np.uint8)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2, 8:20, 8:20] = 1
+    plain = render_montage(image, labels, tile_size=64)
+    named = render_montage(image, labels, tile_size=64, slice_names={2: 3})
+    same_as_plain = render_montage(image, labels, tile_size=64, slice_names={0: 5})  # slice 2 not renamed
+    assert np.array_equal(plain, same_as_plain)
+    differs = np.argwhere(np.any(plain != named, axis=2))
+    assert differs.size and differs[:, 0].max() < 16  # only the "z=..." label in the tile's top rows

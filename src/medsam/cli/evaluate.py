@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="3D propagation mode: default and/or reference (repeatable or comma list); 2D cases do not depend on it")
     parser.add_argument("--volume-prompt", choices=("box3d", "key_slice"), default="box3d",
                         help="prompt of 3D cases: the 3D box (default) or the box on the slice with the largest area")
+    parser.add_argument("--orientation", choices=("canonical", "lps", "stored"), default="canonical",
+                        help="how volumes are seen: canonical (radiological display orientation of the slice plane, "
+                        "default), lps, or stored; image, reference mask and given boxes are reoriented together")
     parser.add_argument("--datasets", default=None, help="comma list of dataset names to keep")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="at most N cases of each dataset")
     parser.add_argument("--seed", type=int, default=0, help="run seed for jitter/points (per case: derived from it and the case id)")
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, models, prompt=_split(args.prompt) or ["box"], mode=_split(args.mode) or ["default"],
         volume_prompt=args.volume_prompt, datasets=_split([args.datasets]) if args.datasets else None,
         limit=args.limit, seed=args.seed, tolerance=args.tolerance, device=args.device, keep_worst=args.worst,
-        execution=execution_options(args), progress=not args.no_progress,
+        execution=execution_options(args), progress=not args.no_progress, orientation=args.orientation,
     )
     command = "medsam " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["evaluate"] else None
     report = result.write(args.output, overwrite=args.overwrite, command=command)

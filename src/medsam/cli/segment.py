@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="CVPR 2025 npz cases: slice embeddings, exported engines and the state between protocol "
                         "steps (default OUTPUT/.medsam_cache)")
+    parser.add_argument("--orientation", choices=("canonical", "lps", "stored"), default=None,
+                        help="3D MedSAM2 npz cases (with a direction): what the model sees, canonical = radiological "
+                        "display orientation (default), lps, or stored (default with --mode reference); boxes are "
+                        "stored-array indices and segs land on the stored grid")
     add_model_options(parser)
     parser.set_defaults(func=run)
 

@@ -1,7 +1,9 @@
 """`medsam segment CASE.npz|CASES_DIR -o SEGS_DIR [--mode default|reference]`: npz cases (the branch of `medsam
 segment` for npz input). ``SEGS_DIR/<same name>.npz`` gets ``segs``.
 
-- CVPR 2024 cases (imgs, boxes as numbers): each case's boxes are its prompts.
+- CVPR 2024 cases (imgs, boxes as numbers): each case's boxes are its prompts. A MedSAM2-layout case (with
+  ``direction``) is segmented in the --orientation view (canonical by default, stored with --mode reference); its
+  boxes are stored-array indices and ``segs`` is on the stored grid.
 - CVPR 2025 interactive cases (boxes as dicts, clicks, clicks_order, prev_pred): one protocol step per call, as the
   challenge's harness runs a submission (six calls per case: the box, then 1..5 accumulated clicks). The output of
   the previous step is replaced; slice embeddings, exported engines and the state between steps are kept in
@@ -37,14 +39,16 @@ def run_npz(args: argparse.Namespace) -> int:
 
         os.environ.setdefault("MEDSAM_CACHE_DIR", str(cache_dir / "models"))  # exported engines survive the call
         predictor_kwargs["disk_cache"] = DiskEmbeddingCache(cache_dir / "embeddings")
+        predictor_kwargs["lazy_encoder"] = True  # a click step finds every slice it needs on disk
     predictor = load_predictor(args, **predictor_kwargs)
     count = 0
     if len(interactive) < len(files):
         source = args.image if not interactive else [f for f in files if f not in interactive]
         for result in segment_npz_path(predictor, source, args.output, config=PropagationConfig(mode=args.mode),
-                                       overwrite=args.overwrite):
+                                       orientation=getattr(args, "orientation", None), overwrite=args.overwrite):
             kind = "3D" if result.is_3d else "2D"
-            print(f"{result.input_path.name}: {kind}, {result.objects} object(s) -> {result.output_path} "
+            where = f", orientation {result.orientation}" if result.is_3d else ""
+            print(f"{result.input_path.name}: {kind}{where}, {result.objects} object(s) -> {result.output_path} "
                   f"({result.seconds:.1f} s)")
             count += 1
     if interactive:

@@ -1,12 +1,27 @@
 """`medsam segment-volume INPUT (--box3d x0,y0,z0,x1,y1,z1 ... | --slice Z --box x0,y0,x1,y1 ... [--point x,y,1|0])
 -o OUT.nii.gz|OUT.nrrd|OUT.dcm|OUT_DIR [--format nifti|nrrd|mha|dicom-seg|rtstruct] [--window NAME|W,L]
-[--montage PNG] [--mode default|reference] [--label NAME ...] [--overwrite]`.
+[--montage PNG] [--mode default|reference] [--orientation canonical|lps|stored] [--label NAME ...] [--overwrite]`.
+
+Every coordinate on the command line is in source-array indices: x, y = column, row of the stored slice,
+z = stored slice index (as a viewer that shows the array as stored numbers them). The model itself sees the
+volume in the radiological orientation of its slice plane (--orientation canonical, the default; the
+reference mode defaults to stored); the labels are written on the input's own grid either way.
 
 Examples:
     medsam segment-volume ct_series/ --box3d 180,200,40,260,290,58 -o liver.nii.gz --window soft_tissue --montage liver.png
     medsam segment-volume ct_series/ --slice 50 --box 180,200,260,290 -o out/ --format rtstruct --label liver
     medsam segment-volume brain.nrrd --slice 14 --box 90,80,140,130 --point 115,105,1 -o tumour.nrrd --window percentile
     medsam segment-volume dicomweb://pacs:8042/dicom-web/studies/S/series/R --box3d 180,200,40,260,290,58 -o liver_seg.dcm --store
+    medsam segment-volume ct.nii.gz --key-box 40:180,200,260,290 --key-box 52:175,210,250,280 -o liver.nii.gz
+    medsam segment-volume brain.nii.gz --key-box 30:60,80,90,120 --key-box 30:130,80,160,120 -o ventricles.nii.gz
+    medsam segment-volume ct.nii.gz --box3d 180,200,40,260,290,58 --click 45,230,250,0 --click 50,240,200,1 -o liver.nii.gz
+
+Corrections in 3D: each --click z,y,x,1|0 (a source-array index [z, y, x]: slice, row, column) re-segments its
+slice (the box and every click on it, through the refiner) and re-propagates from it both ways until the new masks
+agree with the existing ones or the object ends, after the segmentation from the boxes, in the order given. Each
+--key-box Z:x0,y0,x1,y1 is a box on slice Z: boxes on several slices are key slices of one object, several boxes on
+one slice are separate parts of it (joined into one label, e.g. both lateral ventricles); ":L" at the end gives the
+label (an existing object's to add key slices to it; default one new object for all key boxes without one).
 """
 
 from __future__ import annotations
@@ -23,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "segment-volume",
         help="segment objects in a 3D volume (DICOM, NIfTI, NRRD, MHA, npz) by slice-to-slice propagation",
         description="Segment objects in a volume from a 3D box, or a box/clicks on one slice, propagated slice by "
-        "slice in both directions. Coordinates: x, y in slice pixels (column, row), z = slice index from 0. "
+        "slice in both directions. Coordinates are source-array indices: x, y = column, row of the stored slice, "
+        "z = stored slice index from 0 (whatever --orientation the model sees the volume in). "
         "Output: NIfTI/NRRD/MHA label volume on the input's exact grid, DICOM-SEG or RT-STRUCT for DICOM input.",
     )
     parser.add_argument("input", help="DICOM series folder or file, .nii/.nii.gz, .nrrd, .mha/.mhd or .npz volume, or a PACS "
@@ -37,6 +53,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="click on the key slice (1 inside, 0 outside); refines a single object")
     prompts.add_argument("--z-range", default=None, metavar="Z0,Z1",
                          help="optional inclusive slice limits for --slice prompts (default: until the object ends)")
+    prompts.add_argument("--key-box", action="append", default=[], metavar="Z:x0,y0,x1,y1[:L]",
+                         help="a box on slice Z; several on other slices are key slices of one object, several on one slice "
+                         "its parts (one label); :L names the label (default: one new object for all key boxes)")
+    prompts.add_argument("--click", action="append", default=[], metavar="z,y,x,1|0[,L]",
+                         help="a corrective click after the segmentation ([z, y, x] source-array index; 1 object here, 0 not; "
+                         ",L for label L, else the object under or nearest to the click); repeatable, run in order")
+    prompts.add_argument("--agreement", type=float, default=None, metavar="DSC",
+                         help="rewrite re-propagation only: stop where the new mask agrees with the old one at this DSC")
     parser.add_argument("-o", "--output", required=True, help="output file (.nii.gz, .nii, .nrrd, .mha, .dcm) or folder")
     parser.add_argument("--format", dest="output_format", default=None,
                         choices=("nifti", "nrrd", "mha", "dicom-seg", "rtstruct"),
@@ -47,6 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=_MODES, default="default",
                         help="default: stops where the object ends; reference: the official LiteMedSAM 3D procedure "
                         "(add --precision fp32 --backend torch for the official masks voxel for voxel)")
+    parser.add_argument("--orientation", choices=("canonical", "lps", "stored"), default=None,
+                        help="what the model sees: canonical = the radiological display orientation of the series' own "
+                        "slice plane (axial: anterior up, patient right on the left; slices kept), lps = strict LPS "
+                        "(may reslice sagittal/coronal series), stored = the arrays as stored. Default canonical "
+                        "(stored with --mode reference). Prompts stay in stored indices; labels land on the input grid")
     parser.add_argument("--label", action="append", default=[], metavar="NAME",
                         help="name of each object in order (DICOM-SEG segment label / RT-STRUCT ROI name)")
     parser.add_argument("--montage", default=None, metavar="PNG", help="also write a PNG of key slices with outlines")
@@ -92,9 +121,17 @@ def build_prompts(args: argparse.Namespace) -> list:
             prompts.append(ObjectPrompt(z=args.slice, points=points, z_limits=limits))
         for box in boxes:
             prompts.append(ObjectPrompt(z=args.slice, box=box, points=points, z_limits=limits))
-    if not prompts:
-        raise PromptError("no prompt: give --box3d x0,y0,z0,x1,y1,z1, or --slice Z with --box x0,y0,x1,y1")
+    if not prompts and not getattr(args, "key_box", []):
+        raise PromptError("no prompt: give --box3d x0,y0,z0,x1,y1,z1, --slice Z with --box x0,y0,x1,y1, or --key-box "
+                          "Z:x0,y0,x1,y1")
     return prompts
+
+
+def build_interactions(args: argparse.Namespace) -> tuple[list, list]:
+    """(key boxes with their labels, clicks) from --key-box and --click."""
+    from medsam.inference.interactive3d import Click3D, KeyBox
+
+    return [KeyBox.parse(text) for text in args.key_box], [Click3D.parse(text) for text in args.click]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from medsam.inference.segment3d import segment_volume_file
 
     prompts = build_prompts(args)
+    key_boxes, clicks = build_interactions(args)
     if args.store:
         check_store(args)
     config = PropagationConfig(
@@ -114,18 +152,27 @@ def run(args: argparse.Namespace) -> int:
     result = segment_volume_file(
         predictor, args.input, args.output, prompts=prompts, window=args.window, output_format=args.output_format,
         montage_path=args.montage, config=config, label_names=args.label or None, series_uid=args.series_uid,
-        overwrite=args.overwrite, progress=not args.no_progress,
+        orientation=args.orientation, key_boxes=key_boxes, clicks=clicks, overwrite=args.overwrite,
+        progress=not args.no_progress, **({"agreement": args.agreement} if args.agreement is not None else {}),
     )
     seg = result.segmentation
     voxel_ml = float(np.prod(result.volume.spacing_mm)) / 1000.0
     print(f"volume {result.volume.shape[::-1]} (x, y, z), spacing {tuple(round(s, 3) for s in result.volume.spacing_mm[::-1])} mm, "
           f"window {result.window}, mode {args.mode}")
-    for obj in seg.objects:
+    print(f"orientation {result.reorientation.summary()}")
+    view_ends = result.oriented is not None and result.oriented.view_ends
+    for obj in result.objects:
         name = args.label[obj.object_id] if obj.object_id < len(args.label) else f"object {obj.object_id + 1}"
         where = f"slices {obj.z_range[0]}..{obj.z_range[1]}" if obj.z_range else "nothing"
         ends = "; ".join(f"{'up' if e.direction > 0 else 'down'}: {e.reason}" for e in obj.ends)
+        ends = f"view slices: {ends}" if ends and view_ends else ends
         print(f"label {obj.label} ({name}): {where}, {obj.voxels} voxels = {obj.voxels * voxel_ml:.2f} mL"
               + (f" ({ends})" if ends else ""))
+    for step in result.oriented.interactions if result.oriented is not None else ():
+        if step.kind == "click":
+            print(f"  click for label {step.label}: {len(step.changed_slices)} slices changed (view slices "
+                  f"{_span(step.changed_slices)}), {step.slices_decoded} decoded, {step.seconds:.2f} s"
+                  + (f"; {'; '.join(step.ends)}" if step.ends else ""))
     print(f"encoded {seg.slices_encoded} slices, decoded {seg.slices_visited}; wrote {result.output.path} "
           f"({result.output.format})" + (f" and {result.montage_path}" if result.montage_path else "")
           + f" in {result.seconds:.1f} s")
@@ -137,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
               f"it references series {stored.source_series_instance_uid} ({stored.referenced_instances} images). "
               f"{stored.retrieve_url}")
     return 0
+
+
+def _span(zs) -> str:
+    return f"{min(zs)}..{max(zs)}" if zs else "none"
 
 
 def check_store(args: argparse.Namespace) -> None:

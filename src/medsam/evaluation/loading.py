@@ -3,18 +3,25 @@
 Problems a user can fix (a missing file, a mask of another shape, a label that is not in the mask) raise
 :class:`CaseProblem` with a short ``status`` code and a message; the runner writes both into the results
 and goes on with the next case.
+
+Volumes are loaded in the view of the loader's ``orientation`` (:mod:`medsam.preprocess.orientation`;
+"canonical" = the radiological display orientation of the series' slice plane, "lps", "stored"): image,
+reference mask and spacing are reoriented together, and a 3D box given with the case (npz ``boxes``, in
+stored-array indices) is mapped to the view, so prompting and scoring happen in one frame. DSC and NSD do
+not depend on it; the model does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from medsam.errors import InputError
 from medsam.evaluation.cases import Case
-from medsam.types import Volume
+from medsam.preprocess.orientation import AxisReorientation, check_orientation
+from medsam.types import Box3D, Volume
 
 
 class CaseProblem(InputError):
@@ -28,14 +35,18 @@ class CaseProblem(InputError):
 @dataclass(frozen=True)
 class LoadedCase:
     """A case's pixels. 2D: image (H, W[, C]) as read, reference (H, W) bool, volume None, spacing None
-    (distances in pixels). 3D: image is the uint8 (z, y, x) volume after the intensity window, volume the
-    raw Volume, reference (z, y, x) bool, spacing_mm (z, y, x)."""
+    (distances in pixels). 3D, all in the view frame of ``reorientation``: image is the uint8 (z, y, x)
+    volume after the intensity window, volume the raw view Volume (its geometry places each voxel where the
+    stored one is), reference (z, y, x) bool, spacing_mm (z, y, x), and ``case.box`` (a given 3D box) mapped
+    to the view; ``source_case`` keeps the case as listed (its box in stored indices)."""
 
     case: Case
     image: np.ndarray
     reference: np.ndarray
     volume: Volume | None = None
     spacing_mm: tuple[float, float, float] | None = None
+    reorientation: AxisReorientation | None = None
+    source_case: Case | None = None
 
     @property
     def is_3d(self) -> bool:
@@ -46,7 +57,8 @@ class CaseLoader:
     """Loads cases, keeping the last image file and the last npz file in memory: consecutive cases that share
     an image (several organs of one CT slice, several labels of one npz) read it once."""
 
-    def __init__(self) -> None:
+    def __init__(self, orientation: str = "canonical") -> None:
+        self.orientation = check_orientation(orientation)
         self._image: tuple[Path, object] | None = None
         self._npz: tuple[Path, object] | None = None
 
@@ -135,8 +147,19 @@ class CaseLoader:
                 f"mask {case.mask_path} has shape {mask.shape} (z, y, x) but volume {case.image_path} has "
                 f"{volume.shape}; give a label volume on the image's grid ({case.source or case.key})",
             )
+        from medsam.preprocess.orientation import orient_volume
+
         display = apply_window(volume, "auto", modality=case.modality or volume.modality)
-        return LoadedCase(case, display, _select(mask, case), volume, tuple(volume.spacing_mm))  # type: ignore[arg-type]
+        reference = _select(mask, case)
+        oriented = orient_volume(volume, self.orientation)
+        reo = oriented.reorientation
+        view_case = case
+        if not reo.is_identity:
+            display, reference = oriented.array_to_view(display), oriented.array_to_view(reference)
+            if isinstance(case.box, Box3D):
+                view_case = replace(case, box=reo.box3d_to_view(case.box))
+        view = oriented.view
+        return LoadedCase(view_case, display, reference, view, tuple(view.spacing_mm), reo, case)  # type: ignore[arg-type]
 
     def _npz_case(self, path: Path):
         from medsam.io.npz import read_npz_case

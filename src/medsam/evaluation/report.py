@@ -205,7 +205,7 @@ def _report_text(
         f"{len(result.datasets)} datasets",
         "- runs (model/mode/prompt): " + ", ".join(f"`{r.label}`" for r in result.runs),
         f"- prompt seed: {result.settings.seed} (per case: derived from the seed and the case id); "
-        f"3D prompt: {result.settings.volume_prompt}",
+        f"3D prompt: {result.settings.volume_prompt}; volumes seen in the {result.settings.orientation} orientation",
         f"- NSD tolerance: {result.settings.tolerance:g} (mm for volumes, px for 2D images)",
         "",
         "DSC and NSD are means over the scored cases with a 95% percentile-bootstrap interval. **NSD** is the "

@@ -185,12 +185,13 @@ class WorstCases:
 @dataclass(frozen=True)
 class EvaluationSettings:
     """The options an evaluation ran with, for the report: data source, run seed, NSD tolerance (mm for
-    volumes, px for 2D images) and the prompt given to volumes."""
+    volumes, px for 2D images), the prompt given to volumes and the orientation volumes were seen in."""
 
     data: str = ""
     seed: int = 0
     tolerance: float = 2.0
     volume_prompt: str = "box3d"
+    orientation: str = "canonical"
 
 
 @dataclass

@@ -113,6 +113,7 @@ def evaluate(
     cache_bytes: int = 1 << 30,
     execution: Any = None,
     progress: bool = True,
+    orientation: str = "canonical",
 ) -> EvaluationResult:
     """Evaluate ``models`` on ``data`` under every combination of ``mode`` and ``prompt``.
 
@@ -128,6 +129,8 @@ def evaluate(
     execution: how the models run (``medsam.inference.engines.ExecutionOptions``; None: the default engine, the
     fastest path that keeps the exact path's masks; ``ExecutionOptions.exact()`` the reference eager PyTorch path).
     3D cases under ``clicks:N`` run the CVPR 2025 interactive protocol (:mod:`medsam.evaluation.protocol3d`).
+    orientation: how volumes are seen ("canonical", "lps", "stored"; see medsam.evaluation.loading): image,
+    reference and given boxes are reoriented together, so DSC/NSD compare like with like.
     """
     from tqdm.auto import tqdm
 
@@ -150,7 +153,7 @@ def evaluate(
     predictors = [(choice, make_predictor(model, execution, cache_bytes=cache_bytes)) for choice, model in built]
     runs = [RunSpec(choice, m, spec) for choice, _ in built for m in dict.fromkeys(mode_list) for spec in dict.fromkeys(prompt_specs)]
 
-    loader = CaseLoader()
+    loader = CaseLoader(orientation)
     worst = WorstCases(keep_worst)
     rows: list[CaseResult] = []
     bar = tqdm(cases, desc="evaluate", unit="case", disable=not progress)
@@ -160,7 +163,8 @@ def evaluate(
         rows.extend(case_rows)
     bar.close()
     settings = EvaluationSettings(
-        str(data) if isinstance(data, (str, Path)) else f"{len(cases)} given cases", int(seed), tol, volume_prompt
+        str(data) if isinstance(data, (str, Path)) else f"{len(cases)} given cases", int(seed), tol, volume_prompt,
+        loader.orientation,
     )
     return EvaluationResult(tuple(r.info() for r in runs), rows, tuple(cases), settings, worst.items())
 

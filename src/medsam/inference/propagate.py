@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -56,6 +56,9 @@ from medsam.inference.predictor import ImageEncoding, Predictor
 from medsam.inference.slices import SliceEncoder
 from medsam.preprocess.geometry import CoordinateTransform
 from medsam.types import Box, Box3D, Points
+
+if TYPE_CHECKING:
+    from medsam.preprocess.orientation import AxisReorientation
 
 Mode = Literal["default", "reference"]
 REFERENCE_BOX_SHIFT_PX = 3  # the official get_bbox256's bbox_shift, in 256-input pixels
@@ -84,6 +87,76 @@ class ObjectPrompt:
             raise PromptError(f"3D box {_fmt(box.as_array())}: z1 {z1} is below z0 {z0}; give z0 <= z1")
         plane = box.box2d()
         return cls(z=int((z1 - z0) / 2 + z0), box=plane, z_limits=(z0, z1), extent=plane)
+
+
+def check_prompt(
+    p: ObjectPrompt, depth: int, image_hw: tuple[int, int], *, index: int = 0, source: str = "volume",
+    mode: str = "default",
+) -> ObjectPrompt:
+    """``p`` checked against a stack of ``depth`` slices of ``image_hw`` (PromptError saying what is wrong),
+    with its boxes clipped to the slice and its z limits as ints."""
+    name = f"object {index + 1}"
+    last = depth - 1
+    limits = p.z_limits
+    if limits is not None:
+        z0, z1 = int(limits[0]), int(limits[1])
+        if z1 < z0:
+            raise PromptError(f"{name}: z range {z0}..{z1} is inverted; give z0 <= z1")
+        if z0 < 0 or z1 > last:
+            where = "lies outside" if (z1 < 0 or z0 > last) else "reaches beyond"
+            raise PromptError(
+                f"{name}: z range {z0}..{z1} {where} the {source}'s slices 0..{last}; give slice indices "
+                "inside it (z counts slices from 0 in the order the volume is stored)"
+            )
+        if not (z0 <= p.z <= z1):
+            raise PromptError(f"{name}: the key slice {p.z} lies outside its z range {z0}..{z1}")
+        limits = (z0, z1)
+    if not (0 <= int(p.z) <= last):
+        raise PromptError(f"{name}: slice {p.z} is out of range; the {source} has {depth} slices (0..{last})")
+    if p.box is None and (p.points is None or len(p.points) == 0):
+        raise PromptError(f"{name}: give a box and/or points on slice {p.z}")
+    box = p.box.validate(image_hw, source=f"{name} box") if p.box is not None else None
+    if p.points is not None:
+        p.points.validate(image_hw, source=f"{name} points")
+    extent = p.extent.validate(image_hw, source=f"{name} box") if p.extent is not None else None
+    if mode == "reference" and box is None:
+        raise PromptError(f"{name}: the reference mode needs a box on the key slice (points alone are not enough)")
+    return replace(p, z=int(p.z), box=box, z_limits=limits, extent=extent)
+
+
+def prompt_to_view(
+    p: ObjectPrompt, reorientation: "AxisReorientation", *, index: int = 0, source: str = "volume",
+    mode: str = "default",
+) -> ObjectPrompt:
+    """A prompt given in stored-array indices (z = stored slice, x, y = column, row of the stored slice) as the
+    same prompt in the view of ``reorientation`` (:mod:`medsam.preprocess.orientation`).
+
+    It is checked against the stored grid first, so errors speak of what the person gave. The key slice stays
+    the same slice. When the view reslices the volume (``lps`` on a sagittal series), only a 3D box (z limits
+    with an in-plane extent, no points) has a meaning there: it becomes the view's 3D box, whose key slice is
+    the official middle one of the view; anything else is a PromptError saying what to give instead.
+    """
+    shape = reorientation.source_shape
+    p = check_prompt(p, shape[0], (shape[1], shape[2]), index=index, source=source, mode=mode)
+    if reorientation.is_identity:
+        return p
+    if not reorientation.keeps_slice_axis:
+        if p.z_limits is None or p.extent is None or p.points is not None:
+            reorientation.require_slice_axis("a box or points")
+        e = p.extent
+        box3d = Box3D(e.x0, e.y0, float(p.z_limits[0]), e.x1, e.y1, float(p.z_limits[1]))
+        return ObjectPrompt.from_box3d(reorientation.box3d_to_view(box3d))
+    z = reorientation.slice_to_view(p.z)
+    box = reorientation.box_to_view(p.z, p.box)[1] if p.box is not None else None
+    extent = reorientation.box_to_view(p.z, p.extent)[1] if p.extent is not None else None
+    points = None
+    if p.points is not None:
+        points = Points(reorientation.points_to_view(p.z, p.points.coords)[1], p.points.labels.copy())
+    limits = None
+    if p.z_limits is not None:
+        a, b = (reorientation.slice_to_view(v) for v in p.z_limits)
+        limits = (min(a, b), max(a, b))
+    return ObjectPrompt(z=z, box=box, points=points, z_limits=limits, extent=extent)
 
 
 @dataclass(frozen=True)
@@ -216,35 +289,7 @@ class Propagator:
     # --- prompts --------------------------------------------------------------------------------------
 
     def _validate(self, i: int, p: ObjectPrompt) -> ObjectPrompt:
-        name = f"object {i + 1}"
-        last = self.depth - 1
-        limits = p.z_limits
-        if limits is not None:
-            z0, z1 = int(limits[0]), int(limits[1])
-            if z1 < z0:
-                raise PromptError(f"{name}: z range {z0}..{z1} is inverted; give z0 <= z1")
-            if z0 < 0 or z1 > last:
-                where = "lies outside" if (z1 < 0 or z0 > last) else "reaches beyond"
-                raise PromptError(
-                    f"{name}: z range {z0}..{z1} {where} the {self.source}'s slices 0..{last}; give slice indices "
-                    "inside it (z counts slices from 0 in the order the volume is stored)"
-                )
-            if not (z0 <= p.z <= z1):
-                raise PromptError(f"{name}: the key slice {p.z} lies outside its z range {z0}..{z1}")
-            limits = (z0, z1)
-        if not (0 <= int(p.z) <= last):
-            raise PromptError(
-                f"{name}: slice {p.z} is out of range; the {self.source} has {self.depth} slices (0..{last})"
-            )
-        if p.box is None and (p.points is None or len(p.points) == 0):
-            raise PromptError(f"{name}: give a box and/or points on slice {p.z}")
-        box = p.box.validate(self.image_hw, source=f"{name} box") if p.box is not None else None
-        if p.points is not None:
-            p.points.validate(self.image_hw, source=f"{name} points")
-        extent = p.extent.validate(self.image_hw, source=f"{name} box") if p.extent is not None else None
-        if self.config.mode == "reference" and box is None:
-            raise PromptError(f"{name}: the reference mode needs a box on the key slice (points alone are not enough)")
-        return replace(p, z=int(p.z), box=box, z_limits=limits, extent=extent)
+        return check_prompt(p, self.depth, self.image_hw, index=i, source=self.source, mode=self.config.mode)
 
     def _tracks(self) -> list[_Track]:
         t = self.transform

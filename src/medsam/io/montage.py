@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -37,11 +38,13 @@ def render_montage(
     max_slices: int = 9,
     tile_size: int = 256,
     window: str = "auto",
+    slice_names: Mapping[int, int | str] | None = None,
 ) -> np.ndarray:
     """(H, W, 3) uint8 grid of key slices, each label outlined in its colour and the slice index written.
 
     image: (z, y, x) uint8, or any volume/array (it is windowed with ``window`` first, see
     ``medsam.preprocess.intensity.apply_window``).
+    slice_names: what to write for slice z (default z itself), e.g. the stored slice index of a view slice.
     """
     import cv2
     from PIL import Image, ImageDraw
@@ -81,8 +84,9 @@ def render_montage(
     draw = ImageDraw.Draw(picture)
     for r, c, z in tiles:
         x0, y0 = c * (tw + gap) + 3, r * (th + gap) + 2
-        draw.text((x0 + 1, y0 + 1), f"z={z}", fill=(0, 0, 0))
-        draw.text((x0, y0), f"z={z}", fill=(255, 255, 0))
+        name = slice_names.get(z, z) if slice_names is not None else z
+        draw.text((x0 + 1, y0 + 1), f"z={name}", fill=(0, 0, 0))
+        draw.text((x0, y0), f"z={name}", fill=(255, 255, 0))
     return np.asarray(picture)
 
 
@@ -93,6 +97,7 @@ def write_montage(
     *,
     max_slices: int = 9,
     tile_size: int = 256,
+    slice_names: Mapping[int, int | str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the montage of :func:`render_montage` as PNG (atomic): up to ``max_slices`` slices spread
@@ -100,7 +105,7 @@ def write_montage(
     from PIL import Image
 
     check_writable(path, overwrite=overwrite)
-    picture = render_montage(volume_uint8, labels, max_slices=max_slices, tile_size=tile_size)
+    picture = render_montage(volume_uint8, labels, max_slices=max_slices, tile_size=tile_size, slice_names=slice_names)
     with atomic_path(path, overwrite=overwrite) as tmp:
         Image.fromarray(picture).save(tmp, format="PNG")
     return Path(path)

@@ -4,7 +4,10 @@ Everything the app needs lives on ``app.state.medsam`` (a :class:`ServerState`):
 (predictor, model lock, background encoder) and the session registry. Create as many apps as you like
 (tests do); nothing is global. The OpenAPI schema is at ``/openapi.json`` (interactive docs at ``/docs``).
 
-Endpoints (all under ``/api``; z is the slice index, 0 for a 2D image):
+Endpoints (all under ``/api``; z is the slice index, 0 for a 2D image). Every slice index and pixel coordinate
+is in the session's view frame (``orientation`` of the open request, "canonical" by default: the volume in the
+radiological display orientation of its slice plane; see ``SessionInfo.orientation``); exports land on the
+source file's own grid:
 
     GET    /health                                   server, model, limits
     GET    /files?path=DIR                           browse the data root
@@ -204,6 +207,14 @@ def summary(session: Session) -> S.SessionSummary:
     )
 
 
+def orientation_info(stack: ImageStack) -> S.OrientationInfo:
+    reo = stack.orientation
+    return S.OrientationInfo(
+        name=reo.name, plane=reo.plane if stack.dims == "3d" else "", order=list(reo.order), flip=list(reo.flip),
+        source_shape=list(reo.source_shape), description=reo.describe(),
+    )
+
+
 def session_info(state: ServerState, session: Session, stack: ImageStack) -> S.SessionInfo:
     with session.lock:
         base = summary(session).model_dump()
@@ -217,6 +228,7 @@ def session_info(state: ServerState, session: Session, stack: ImageStack) -> S.S
         spacing_mm=[float(v) for v in stack.volume.spacing_mm],
         modality=stack.modality,
         dtype=str(stack.raw.dtype),
+        orientation=orientation_info(stack),
         model_window=session.model_window,
         window_presets=stack.window_presets(),
         default_window="auto",
@@ -419,7 +431,7 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
 
     @app.post("/api/sessions", response_model=S.SessionInfo, status_code=201, tags=["sessions"])
     def open_path(req: S.OpenPathRequest) -> S.SessionInfo:
-        session = state.registry.open_path(req.path, window=req.window, name=req.name)
+        session = state.registry.open_path(req.path, window=req.window, name=req.name, orientation=req.orientation)
         return session_info(state, session, session.stack)
 
     @app.post("/api/sessions/upload", response_model=S.SessionInfo, status_code=201, tags=["sessions"])
@@ -427,8 +439,11 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         file: UploadFile = File(description="an image, a volume file, or a .zip of a DICOM series"),
         window: str = Form("auto"),
         name: str | None = Form(None),
+        orientation: S.Orientation = Form("canonical", description="canonical, lps or stored (see OpenPathRequest)"),
     ) -> S.SessionInfo:
-        session = state.registry.open_upload(file.filename or "upload", file.file, window=window, name=name)
+        session = state.registry.open_upload(
+            file.filename or "upload", file.file, window=window, name=name, orientation=orientation
+        )
         return session_info(state, session, session.stack)
 
     @app.get("/api/sessions", response_model=list[S.SessionSummary], tags=["sessions"])

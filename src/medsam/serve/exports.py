@@ -1,4 +1,9 @@
-"""Exports of a session's labels through the io writers, into the session's ``exports/`` folder."""
+"""Exports of a session's labels through the io writers, into the session's ``exports/`` folder.
+
+A session's labels live in its view frame (see :mod:`medsam.serve.source`); every label export (NIfTI, NRRD,
+MHA, npz, DICOM-SEG, RT-STRUCT) maps them back to the stored grid and writes the source's geometry, so they
+land on the source voxels whatever orientation the session was shown in. The montage shows the view.
+"""
 
 from __future__ import annotations
 
@@ -77,26 +82,29 @@ def write_export(session: Session, fmt: str, filename: str | None, overwrite: bo
         from medsam.io.raster import write_overlay_png
 
         return write_overlay_png(stack.display(0), labels[0], path, overwrite=overwrite)
-    if fmt in ("nifti", "nrrd", "mha"):
-        from medsam.io.volume_writers import write_label_volume
-
-        return write_label_volume(labels, stack.volume, path, overwrite=overwrite)
-    if fmt == "npz":
-        from medsam.io.npz import write_npz_segs
-
-        return write_npz_segs(labels[0] if stack.dims == "2d" else labels, path, overwrite=overwrite)
-    if fmt == "dicom-seg":
-        from medsam.io.dicom_seg import write_dicom_seg
-
-        return write_dicom_seg(labels, stack.volume, path, label_names=names, overwrite=overwrite)
-    if fmt == "rtstruct":
-        from medsam.io.rtstruct import write_rtstruct
-
-        return write_rtstruct(labels, stack.volume, path, label_names=names, overwrite=overwrite)
     if fmt == "montage":
         from medsam.io.montage import write_montage
 
-        return write_montage(stack.model_slices, labels, path, overwrite=overwrite)
+        reo = stack.orientation
+        slice_names = {z: reo.slice_to_source(z) for z in range(stack.depth)} if reo.keeps_slice_axis else None
+        return write_montage(stack.model_slices, labels, path, slice_names=slice_names, overwrite=overwrite)
+    source_labels = stack.labels_to_source(labels) if stack.dims == "3d" else labels
+    if fmt in ("nifti", "nrrd", "mha"):
+        from medsam.io.volume_writers import write_label_volume
+
+        return write_label_volume(source_labels, stack.source, path, overwrite=overwrite)
+    if fmt == "npz":
+        from medsam.io.npz import write_npz_segs
+
+        return write_npz_segs(labels[0] if stack.dims == "2d" else source_labels, path, overwrite=overwrite)
+    if fmt == "dicom-seg":
+        from medsam.io.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(source_labels, stack.source, path, label_names=names, overwrite=overwrite)
+    if fmt == "rtstruct":
+        from medsam.io.rtstruct import write_rtstruct
+
+        return write_rtstruct(source_labels, stack.source, path, label_names=names, overwrite=overwrite)
     raise InputError(f"unknown export format {fmt!r}")
 
 

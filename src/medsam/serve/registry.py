@@ -13,6 +13,7 @@ from typing import BinaryIO
 from medsam.errors import InputError
 from medsam.io.raster import RASTER_SUFFIXES
 from medsam.io.volume import VOLUME_SUFFIXES
+from medsam.preprocess.orientation import check_orientation
 from medsam.serve.errors import NotFound
 from medsam.serve.session import SESSION_ID, Session, SourceRecord, utc_now
 from medsam.serve.settings import ServeSettings
@@ -76,8 +77,12 @@ class SessionRegistry:
         folder.mkdir()
         return sid, folder
 
-    def _register(self, sid: str, folder: Path, source: SourceRecord, window: str, name: str | None, source_path: Path) -> Session:
-        stack = load_stack(source_path, window)
+    def _register(
+        self, sid: str, folder: Path, source: SourceRecord, window: str, name: str | None, source_path: Path,
+        orientation: str = "canonical",
+    ) -> Session:
+        orientation = check_orientation(orientation)
+        stack = load_stack(source_path, window, orientation)
         record = {
             "id": sid,
             "name": name or source.filename,
@@ -85,6 +90,8 @@ class SessionRegistry:
             "source": source.__dict__,
             "dims": stack.dims,
             "model_window": window,
+            "orientation": orientation,
+            "reorientation": stack.orientation.to_dict() if stack.dims == "3d" else None,
             "shape": list(stack.shape),
             "revision": 0,
             "labels": [],
@@ -96,19 +103,25 @@ class SessionRegistry:
             self._sessions[sid] = session
         return session
 
-    def open_path(self, relative: str, *, window: str = "auto", name: str | None = None) -> Session:
-        """A session on a file or DICOM folder inside the data root (the file is read, not copied)."""
+    def open_path(
+        self, relative: str, *, window: str = "auto", name: str | None = None, orientation: str = "canonical"
+    ) -> Session:
+        """A session on a file or DICOM folder inside the data root (the file is read, not copied); a volume is
+        shown and segmented in the view of ``orientation``."""
         root = self.settings.data_root
         path = resolve_in_root(root, relative)
         rel = path.relative_to(root).as_posix() if root is not None else str(path)
         sid, folder = self._new_folder()
         try:
-            return self._register(sid, folder, SourceRecord("data_root", rel, path.name), window, name, path)
+            return self._register(sid, folder, SourceRecord("data_root", rel, path.name), window, name, path, orientation)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
 
-    def open_upload(self, filename: str, stream: BinaryIO, *, window: str = "auto", name: str | None = None) -> Session:
+    def open_upload(
+        self, filename: str, stream: BinaryIO, *, window: str = "auto", name: str | None = None,
+        orientation: str = "canonical",
+    ) -> Session:
         """A session on an uploaded file (an image, a volume file, or a .zip of a DICOM series)."""
         clean = safe_filename(filename)
         if not clean.lower().endswith(UPLOAD_SUFFIXES):
@@ -127,7 +140,7 @@ class SessionRegistry:
                 read_path = unpack_zip(target, source_dir / "unpacked", self.settings.max_upload_bytes)
                 target.unlink()
             rel = read_path.relative_to(folder).as_posix()
-            return self._register(sid, folder, SourceRecord("upload", rel, clean), window, name, read_path)
+            return self._register(sid, folder, SourceRecord("upload", rel, clean), window, name, read_path, orientation)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -3,6 +3,11 @@
 Conventions as everywhere in the toolkit: points (x, y) and boxes (x0, y0, x1, y1) in pixels of the slice,
 slice index z along the first axis of a (z, y, x) volume (a 2D image has one slice, z = 0).
 
+Frame: every slice index, pixel coordinate, shape and spacing of the HTTP API is in the session's *view*
+frame, the volume as the session shows it (``SessionInfo.orientation``: by default "canonical", the
+radiological display orientation of the series' slice plane; "stored" = the arrays as stored). Exports map
+the labels back to the source file's own grid.
+
 Masks travel as ``MaskPayload``: ``png`` = base64 of a 1-bit PNG of the full-size mask (white = object);
 ``rle`` = run lengths over the pixels in row-major order, starting with a run of background (possibly 0).
 """
@@ -14,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MaskFormat = Literal["png", "rle", "none"]
+Orientation = Literal["canonical", "lps", "stored"]
 ExportFormat = Literal["png", "overlay", "nifti", "nrrd", "mha", "npz", "dicom-seg", "rtstruct", "montage"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
@@ -59,6 +65,21 @@ class OpenPathRequest(_Model):
     path: str = Field(description="a file or DICOM folder relative to the server's --data-root", min_length=1)
     window: str = Field("auto", description="intensity window of the model input: auto, a CT preset, W,L, percentile")
     name: str | None = Field(None, description="display name (default: the file name)")
+    orientation: Orientation = Field(
+        "canonical",
+        description="how a volume is shown and segmented: canonical (radiological display orientation of its slice "
+        "plane, slices kept), lps (strict LPS, may reslice), stored (as stored); every slice index and pixel of the "
+        "session is then in this view",
+    )
+
+
+class OrientationInfo(BaseModel):
+    name: str = Field(description="the orientation asked for: canonical, lps or stored")
+    plane: str = Field(description="acquisition plane of the series: axial, coronal, sagittal ('' for 2D images)")
+    order: list[int] = Field(description="view axis k (z, y, x) is stored axis order[k] (0 = z, 1 = y, 2 = x)")
+    flip: list[bool] = Field(description="per view axis (z, y, x): runs opposite to its stored axis")
+    source_shape: list[int] = Field(description="(z, y, x) shape of the array as stored")
+    description: str = Field(description="for people, e.g. 'stored x flipped, y flipped'")
 
 
 class LabelInfo(BaseModel):
@@ -84,9 +105,10 @@ class SessionSummary(BaseModel):
 
 
 class SessionInfo(SessionSummary):
-    shape: list[int] = Field(description="(z, y, x); a 2D image has z = 1")
+    shape: list[int] = Field(description="(z, y, x) of the view; a 2D image has z = 1")
+    orientation: OrientationInfo = Field(description="the view the session shows; all slice indices and pixels are in it")
     channels: int = Field(description="1 for grayscale, 3 for colour images")
-    spacing_mm: list[float] = Field(description="(z, y, x) voxel size in mm")
+    spacing_mm: list[float] = Field(description="(z, y, x) voxel size in mm, of the view")
     modality: str | None
     dtype: str
     model_window: str

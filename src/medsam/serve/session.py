@@ -2,7 +2,10 @@
 
 On disk (``sessions_dir/<id>/``), written atomically on every accepted change:
 
-- ``session.json``: the record (source, model window, label table, revision) people and tools can read;
+- ``session.json``: the record (source, model window, orientation, label table, revision) people and tools
+  can read; ``orientation`` is the name asked for and ``reorientation`` the map it gave (permutation and
+  flips of the stored axes), so a restarted server shows the session in the same view (a record without
+  them predates orientations: its labels are in the stored frame, and it reopens "stored");
 - ``labels.npz``: the label volume (only slices holding labels: ``z``, ``slices``, ``shape``) with the label
   table and revision inside, so this one file is always self-consistent;
 - ``source/``: an uploaded image or volume (sessions opened by path keep the path inside the data root);
@@ -25,6 +28,7 @@ import numpy as np
 
 from medsam.errors import InputError, MedsamError, OutputError
 from medsam.io.atomic import atomic_path
+from medsam.preprocess.orientation import AxisReorientation, check_orientation
 from medsam.serve.errors import Conflict, NotFound
 from medsam.serve.history import Drafts
 from medsam.serve.source import ImageStack, load_stack
@@ -73,6 +77,10 @@ class Session:
         self.source = SourceRecord(**record["source"])
         self.dims: str = record.get("dims", "3d")
         self.model_window: str = record.get("model_window", "auto")
+        # Labels live in the view frame of this orientation; records from before orientations were stored.
+        self.orientation: str = check_orientation(record.get("orientation", "stored"))
+        saved = record.get("reorientation")
+        self.reorientation: AxisReorientation | None = AxisReorientation.from_dict(saved) if saved else None
         self.shape: tuple[int, int, int] | None = tuple(record["shape"]) if record.get("shape") else None
         self.revision: int = int(record.get("revision", 0))
         self.labels_table: dict[int, LabelEntry] = {
@@ -108,7 +116,9 @@ class Session:
                 return self.stack
             if stack is None:
                 try:
-                    stack = load_stack(self.source_path(data_root), self.model_window)
+                    stack = load_stack(
+                        self.source_path(data_root), self.model_window, self.orientation, expected=self.reorientation
+                    )
                 except MedsamError as exc:
                     self.problem = str(exc)
                     raise
@@ -119,6 +129,8 @@ class Session:
                 )
                 raise Conflict(self.problem)
             self.shape = stack.shape
+            if stack.dims == "3d":
+                self.reorientation = stack.orientation
             self.labels = self._read_labels(stack.shape)
             self._slice_counts = {}
             for z in np.flatnonzero(self.labels.reshape(stack.depth, -1).any(axis=1)):
@@ -240,6 +252,8 @@ class Session:
             "source": asdict(self.source),
             "dims": self.dims,
             "model_window": self.model_window,
+            "orientation": self.orientation,
+            "reorientation": self.reorientation.to_dict() if self.reorientation is not None else None,
             "shape": list(self.shape) if self.shape else None,
             "revision": self.revision,
             "labels": [asdict(e) for e in sorted(self.labels_table.values(), key=lambda e: e.value)],

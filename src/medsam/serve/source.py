@@ -3,6 +3,11 @@
 ``ImageStack`` holds the raw voxels (for display windows), the uint8 slices the model sees (volumes are
 windowed once when opened, with the session's model window) and the geometry for exports. It is immutable
 after loading, so any thread may read it without the session lock.
+
+A volume's stack is the *view* of its orientation (:mod:`medsam.preprocess.orientation`; "canonical" by
+default: the radiological display orientation of the series' slice plane): ``raw``, ``model_slices``,
+``volume`` and every slice index and pixel of the session are in the view frame; ``source_volume`` and
+``reorientation`` take labels back to the stored grid for exports.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from medsam.errors import InputError
 from medsam.inference.predictor import PreparedImage, Predictor
 from medsam.inference.slices import SliceEncoder
 from medsam.io.raster import RASTER_SUFFIXES
-from medsam.serve.errors import ForbiddenPath, NotFound, UploadTooLarge
+from medsam.serve.errors import Conflict, ForbiddenPath, NotFound, UploadTooLarge
 from medsam.preprocess.intensity import CT_WINDOWS, IntensityWindow, apply_window, resolve_window
+from medsam.preprocess.orientation import AxisReorientation, orient_volume
 from medsam.types import Volume
 
 ZIP_MAX_FILES = 20000
@@ -33,7 +39,9 @@ ZIP_EXPANSION = 8  # a zip may unpack to at most this many times the upload limi
 @dataclass
 class ImageStack:
     """dims "2d": raw (1, H, W[, C]) as read, no model slices (the predictor prepares the image itself).
-    dims "3d": raw (z, y, x) volume voxels and model_slices (z, y, x) uint8 after the model window."""
+    dims "3d": raw (z, y, x) volume voxels and model_slices (z, y, x) uint8 after the model window, both in
+    the view frame; volume is the view Volume, source_volume the volume as stored (None: the same) and
+    reorientation the map between them (None: the identity)."""
 
     dims: str
     raw: np.ndarray
@@ -41,6 +49,8 @@ class ImageStack:
     model_window: str
     model_slices: np.ndarray | None = None
     window: IntensityWindow | None = None
+    source_volume: Volume | None = None
+    reorientation: AxisReorientation | None = None
     _windows: dict[str, IntensityWindow] = field(default_factory=dict)
     _signatures: dict[int, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,6 +74,22 @@ class ImageStack:
     @property
     def modality(self) -> str | None:
         return self.volume.modality
+
+    @property
+    def source(self) -> Volume:
+        """The volume as stored (exports write its geometry)."""
+        return self.source_volume if self.source_volume is not None else self.volume
+
+    @property
+    def orientation(self) -> AxisReorientation:
+        if self.reorientation is not None:
+            return self.reorientation
+        return AxisReorientation.identity(self.source.shape, name="stored")
+
+    def labels_to_source(self, labels: np.ndarray) -> np.ndarray:
+        """A view-frame (z, y, x) label map on the stored grid."""
+        reo = self.orientation
+        return labels if reo.is_identity else np.ascontiguousarray(reo.to_source(labels))
 
     def check_z(self, z: int) -> int:
         if not 0 <= int(z) < self.depth:
@@ -151,8 +177,12 @@ class ImageStack:
         return out[..., :3] if out.ndim == 3 else out
 
 
-def load_stack(path: Path, window: str = "auto") -> ImageStack:
-    """Read a 2D image (PNG/JPEG/TIFF/BMP) or a volume (DICOM folder/file, NIfTI, NRRD, MHA, npz)."""
+def load_stack(
+    path: Path, window: str = "auto", orientation: str = "canonical", *, expected: AxisReorientation | None = None
+) -> ImageStack:
+    """Read a 2D image (PNG/JPEG/TIFF/BMP) or a volume (DICOM folder/file, NIfTI, NRRD, MHA, npz); a volume is
+    shown in the view of ``orientation``, or of ``expected`` (a reorientation read back from a session record,
+    which must be the one the file's geometry gives, else the file changed)."""
     path = Path(path)
     if path.is_file() and path.name.lower().endswith(RASTER_SUFFIXES):
         from medsam.io.raster import read_image
@@ -167,10 +197,20 @@ def load_stack(path: Path, window: str = "auto") -> ImageStack:
         return ImageStack("2d", image[None], volume, model_window="auto")
     from medsam.io.volume import read_volume
 
-    volume = read_volume(path)
-    resolved = resolve_window(volume, window)
-    slices = apply_window(volume, resolved)
-    return ImageStack("3d", volume.array, volume, model_window=str(window or "auto"), model_slices=slices, window=resolved)
+    source = read_volume(path)
+    oriented = orient_volume(source, orientation)
+    if expected is not None and expected != oriented.reorientation:
+        raise Conflict(
+            f"{path.name}: the session was made in the view {expected.summary()!r} but the file's geometry now gives "
+            f"{oriented.reorientation.summary()!r}; the file changed, so its labels would not land where they were drawn"
+        )
+    view = oriented.view
+    resolved = resolve_window(source, window)
+    slices = apply_window(view, resolved)
+    return ImageStack(
+        "3d", view.array, view, model_window=str(window or "auto"), model_slices=slices, window=resolved,
+        source_volume=source, reorientation=oriented.reorientation,
+    )
 
 
 # --- paths and uploads ---------------------------------------------------------------------------------

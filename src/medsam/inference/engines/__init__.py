@@ -48,11 +48,14 @@ class Engines:
         return self.options.is_exact
 
 
-def make_engines(model, options: ExecutionOptions | None = None, *, cache: ModelCache | None = None) -> Engines:
+def make_engines(
+    model, options: ExecutionOptions | None = None, *, cache: ModelCache | None = None, lazy_encoder: bool = False
+) -> Engines:
     """Engines for ``model`` (a SamModel from build_model) under ``options`` (default: the fast path here).
 
     A missing or failing optional engine warns (its BackendUnavailableError message) and falls back to
-    PyTorch at the same precision; never raises for that reason.
+    PyTorch at the same precision; never raises for that reason. ``lazy_encoder``: OpenVINO compiles the encoder at
+    its first call (for processes that mostly read embeddings from a disk cache).
     """
     requested = options or ExecutionOptions()
     resolved = requested.resolve(str(model.device))
@@ -69,7 +72,7 @@ def make_engines(model, options: ExecutionOptions | None = None, *, cache: Model
             precision = "fp32" if resolved.precision == "bf16" else resolved.precision
             run = ExecutionOptions(precision, "onnxruntime", resolved.threads, "fp32")
         try:
-            engines = _onnx_engines(model, run, requested, cache or ModelCache(), note)
+            engines = _onnx_engines(model, run, requested, cache or ModelCache(), note, lazy_encoder)
         except BackendUnavailableError as exc:
             fallback = str(exc)
             resolved = ExecutionOptions(resolved.precision, "torch", resolved.threads, "fp32")
@@ -82,11 +85,14 @@ def make_engines(model, options: ExecutionOptions | None = None, *, cache: Model
     return engines
 
 
-def make_predictor(model, options: ExecutionOptions | None = None, *, cache: ModelCache | None = None, **kwargs):
+def make_predictor(
+    model, options: ExecutionOptions | None = None, *, cache: ModelCache | None = None, lazy_encoder: bool = False,
+    **kwargs,
+):
     """A Predictor whose encoder and decoder run under ``options``; kwargs go to Predictor (e.g. cache_bytes)."""
     from medsam.inference.predictor import Predictor
 
-    engines = make_engines(model, options, cache=cache)
+    engines = make_engines(model, options, cache=cache, lazy_encoder=lazy_encoder)
     if engines.is_exact:
         return Predictor(model, **kwargs)
     return Predictor(model, encoder=engines.encoder, decoder=engines.decoder, **kwargs)
@@ -116,7 +122,8 @@ def _torch_engines(model, resolved: ExecutionOptions, requested: ExecutionOption
 
 
 def _onnx_engines(
-    model, resolved: ExecutionOptions, requested: ExecutionOptions, cache: ModelCache, fallback: str
+    model, resolved: ExecutionOptions, requested: ExecutionOptions, cache: ModelCache, fallback: str,
+    lazy_encoder: bool = False,
 ) -> Engines:
     from medsam.inference.engines.base import CoreDecoder, import_engine
     from medsam.inference.engines.exports import exported_decoder, exported_encoder
@@ -137,7 +144,8 @@ def _onnx_engines(
 
             # One blob folder per precision: OpenVINO 2026.4's blob key ignores INFERENCE_PRECISION_HINT, and an
             # f32 blob loaded under the bf16 hint computes NaNs.
-            encoder = OpenVINOEncoder(enc_path, resolved.precision, threads, cache.subdir(f"openvino-{resolved.precision}"))
+            encoder = OpenVINOEncoder(enc_path, resolved.precision, threads, cache.subdir(f"openvino-{resolved.precision}"),
+                                      lazy=lazy_encoder)
             core = OpenVINODecoderCore(dec_path, dec_precision, threads, cache.subdir(f"openvino-{dec_precision}"))
     except BackendUnavailableError:
         raise

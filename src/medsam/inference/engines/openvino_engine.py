@@ -35,15 +35,26 @@ def compile_model(path: Path, precision: str, threads: int, cache_dir: Path | No
 
 
 class OpenVINOEncoder:
-    def __init__(self, path: Path, precision: str, threads: int, cache_dir: Path | None) -> None:
-        self.compiled = compile_model(path, precision, threads, cache_dir)
-        self.request = self.compiled.create_infer_request()
+    """lazy: compile on the first call instead of now (a process that finds every embedding in a disk cache, such as
+    a CVPR 2025 click step, then never pays for it; a compilation error then surfaces at that call)."""
+
+    def __init__(self, path: Path, precision: str, threads: int, cache_dir: Path | None, *, lazy: bool = False) -> None:
+        self._args = (path, precision, threads, cache_dir)
+        self.request = None
         self.lock = threading.Lock()  # one infer request: one call at a time (e.g. a server's threads)
         self.name = f"openvino {precision}"
         self.cache_tag = f"openvino-{precision}"
+        if not lazy:
+            self._compile()
+
+    def _compile(self) -> None:
+        self.compiled = compile_model(*self._args)
+        self.request = self.compiled.create_infer_request()
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with self.lock:
+            if self.request is None:
+                self._compile()
             out = self.request.infer({"images": _np(images)})
             return torch.from_numpy(np.array(out["embeddings"])).to(images.device)
 

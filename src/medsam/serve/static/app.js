@@ -209,7 +209,9 @@ async function openSession(info) {
   state.draft = null;
   state.hidden.clear();
   state.selectedLabel = info.label_list.length ? info.label_list[0].value : null;
-  $("session-name").textContent = info.name + " (" + info.shape.join("x") + (info.modality ? ", " + info.modality : "") + ")";
+  const orient = info.dims === "3d" && info.orientation ? ", " + info.orientation.name + (info.orientation.plane ? " " + info.orientation.plane : "") : "";
+  $("session-name").textContent = info.name + " (" + info.shape.join("x") + (info.modality ? ", " + info.modality : "") + orient + ")";
+  $("session-name").title = info.orientation ? "view: " + info.orientation.description : "";
   location.hash = "session=" + info.id;
   const win = $("window");
   win.innerHTML = "";
