@@ -223,7 +223,7 @@ def _image(job: Job, folder: Path, pool: PredictorPool) -> str:
 
 def object_prompts(job: Job) -> list:
     """The propagation prompts of a volume job: each 3D box, and each box on ``slice`` (with the clicks of one
-    object). Key-slice boxes and 3D clicks go through :func:`_volume_interactive` instead."""
+    object); key-slice boxes and 3D clicks are handed to segment_volume_file apart."""
     from medsam.inference.propagate import ObjectPrompt
 
     prompts = [ObjectPrompt.from_box3d(b) for b in job.boxes3d]
@@ -239,10 +239,12 @@ def object_prompts(job: Job) -> list:
 
 
 def _volume(job: Job, folder: Path, pool: PredictorPool) -> str:
+    """3D boxes and slice boxes propagate; key-slice boxes (one object: several key slices, parts on one slice)
+    and 3D clicks (each one correction, in order) go through the interactive volume, all by
+    :func:`medsam.inference.segment3d.segment_volume_file` in the default orientation."""
+    from medsam.inference.interactive3d import Click3D, KeyBox
     from medsam.inference.segment3d import segment_volume_file
 
-    if job.key_boxes or job.clicks:
-        return _volume_interactive(job, folder, pool)
     prompts = object_prompts(job)
     formats = [o for o in job.outputs if o in LABEL_VOLUME_FORMATS]
     montage = folder / f"{_stem(job)}_montage.png" if "montage" in job.outputs else None
@@ -250,10 +252,15 @@ def _volume(job: Job, folder: Path, pool: PredictorPool) -> str:
         pool.get(job.model), job.source_path, folder, prompts=prompts, window=job.window,
         output_format=None if formats[0] == "auto" else formats[0], montage_path=montage, config=_config(job, pool),
         label_names=list(job.labels) or None, progress=False,
+        key_boxes=[(KeyBox(k.z, k.box), None) for k in job.key_boxes],
+        clicks=[Click3D(c.z, c.y, c.x, c.label) for c in job.clicks],
     )
     _write_more_formats(job, folder, result.labels, result.volume, formats[1:], {result.output.path})
-    voxels = sum(o.voxels for o in result.segmentation.objects)
-    return f"{len(result.segmentation.objects)} object(s), {voxels} voxels, {result.segmentation.slices_encoded} slices encoded"
+    objects = int(len(np.unique(result.labels)) - 1)
+    summary = f"{objects} object(s), {int((result.labels > 0).sum())} voxels"
+    if job.key_boxes or job.clicks:
+        summary += f", {len(job.key_boxes)} key box(es), {len(job.clicks)} click(s)"
+    return summary
 
 
 def _write_more_formats(job: Job, folder: Path, labels: np.ndarray, volume: Any, formats: list[str], written: set) -> None:
@@ -265,39 +272,6 @@ def _write_more_formats(job: Job, folder: Path, labels: np.ndarray, volume: Any,
         if target.path not in written:
             write_labels(labels, volume, target, label_names=list(job.labels) or None)
             written.add(target.path)
-
-
-def _volume_interactive(job: Job, folder: Path, pool: PredictorPool) -> str:
-    """Key-slice boxes (several slices and parts per object) and 3D corrective clicks: the object(s) are built by
-    :class:`medsam.inference.interactive3d.InteractiveVolume` as a person's interactions would, in order: 3D
-    boxes and slice boxes first, then the key-box object, then each click (on the key-box object when there is
-    one, else on the object nearest to it)."""
-    from medsam.errors import OutputError
-    from medsam.inference.interactive3d import Click3D, InteractiveVolume, KeyBox
-    from medsam.io.volume import read_volume
-    from medsam.preprocess.intensity import apply_window, resolve_window
-
-    volume = read_volume(_resolve_input(job))
-    volume_u8 = apply_window(volume, resolve_window(volume, job.window))
-    session = InteractiveVolume(pool.get(job.model), volume_u8, config=_config(job, pool), source=str(job.input))
-    for prompt in object_prompts(job):
-        session.add_object(prompt=prompt)
-    target = None
-    if job.key_boxes:
-        target = session.add_object(key_boxes=[KeyBox(k.z, k.box) for k in job.key_boxes], z_limits=job.z_range).label
-    for c in job.clicks:
-        session.click(Click3D(c.z, c.y, c.x, c.label, target))
-    labels = session.labels()
-    if not labels.any():
-        raise OutputError(f"{job.input}: the key boxes and clicks found nothing; nothing was written")
-    formats = [o for o in job.outputs if o in LABEL_VOLUME_FORMATS]
-    _write_more_formats(job, folder, labels, volume, formats, set())
-    if "montage" in job.outputs:
-        from medsam.io.montage import write_montage
-
-        write_montage(volume_u8, labels, folder / f"{_stem(job)}_montage.png")
-    return (f"{len(session.object_labels)} object(s), {int((labels > 0).sum())} voxels, "
-            f"{len(job.key_boxes)} key box(es), {len(job.clicks)} click(s)")
 
 
 def _resolve_input(job: Job) -> Any:
