@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "medsam.cli.finetune",
     "medsam.cli.serve",
     "medsam.cli.everything",
+    "medsam.cli.batch",
 ]
 
 
