@@ -125,6 +125,7 @@ def build_model(
     if spec.weights == "random" and checkpoint is None:
         torch.manual_seed(0)
     model = build_architecture(spec)
+    model.spec = spec  # type: ignore[attr-defined]
     if checkpoint is not None:
         if spec.checkpoint_hint and not Path(checkpoint).expanduser().exists():
             raise CheckpointError(
@@ -141,7 +142,6 @@ def build_model(
             f"model {name!r} needs a checkpoint file: pass --checkpoint PATH (Python: checkpoint=...). "
             f"{spec.checkpoint_hint} Nothing is downloaded by this toolkit"
         )
-    model.spec = spec  # type: ignore[attr-defined]
     return model.to(dev).eval()
 
 

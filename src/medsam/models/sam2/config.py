@@ -121,8 +121,7 @@ TINY_SAM2 = Sam2Config(
     "tiny_sam2", 128,
     HieraConfig(embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,),
                 window_pos_embed_bkg_spatial_size=(4, 4), window_spec=(8, 4, 6, 4)),
-    d_model=32, mem_dim=16, memory_attention_layers=2, memory_attention_ffn=64, mask_in_chans=8,
-    decoder_mlp_dim=64, decoder_heads=2,
-)
+    d_model=32, mem_dim=16, memory_attention_layers=2, memory_attention_ffn=64,
+)  # the SAM heads keep SAM 2's fixed sizes (mask_in_chans 16, MLP 2048, 8 heads), as SAM2Base builds them
 
 CONFIGS = {c.name: c for c in (SAM21_T, SAM21_S, SAM21_B_PLUS, SAM21_L, MEDSAM2, TINY_SAM2)}
