@@ -104,7 +104,9 @@ def _compare_propagation(name: str, monkeypatch) -> None:
             np.testing.assert_allclose(result.logits, recorded.logits[result.frame], atol=ATOL, rtol=0,
                                        err_msg=f"{name} frame {result.frame}")
             np.testing.assert_allclose(result.object_scores, recorded.scores[result.frame], atol=ATOL, rtol=0)
-            assert np.array_equal(result.masks, recorded.logits[result.frame] > 0)
+            # masks agree wherever the logits are not within the tolerance of the threshold
+            clear = np.abs(recorded.logits[result.frame]) > ATOL
+            assert np.array_equal(result.masks[clear], recorded.logits[result.frame][clear] > 0)
     assert seen == recorded.frames == [5, 6, 7, 8, 9, 10, 11, 5, 4, 3, 2, 1, 0]
     # the embeddings of every frame
     with torch.inference_mode():
@@ -137,22 +139,24 @@ def test_sam21_tiny_1024_embeddings_and_prompt_frame_match_the_reference(monkeyp
     name = "sam2.1_hiera_t"
     reference = build_reference(name)
     model = ours_from(reference, name)
-    frames = moving_frames(n=2)
+    frames = moving_frames(n=1)
     images = frames_for(model, frames)
     module, _ = reference_or_skip()
     monkeypatch.setattr(module, "load_video_frames", lambda **kw: (images, frames.shape[1], frames.shape[2]))
     with torch.inference_mode():
-        ref_state = reference.init_state("frames-given-directly")
+        ref_state = reference.init_state("frames-given-directly")  # encodes frame 0 and caches it
         for obj_id, box in enumerate(BOXES, start=1):
-            _, _, ref_logits = reference.add_new_points_or_box(ref_state, frame_idx=1, obj_id=obj_id, box=list(box))
-        ref_feats = reference.forward_image(images[1:2])
+            _, _, ref_logits = reference.add_new_points_or_box(ref_state, frame_idx=0, obj_id=obj_id, box=list(box))
+    _, ref_feats = ref_state["cached_features"][0]
     predictor = MemoryPredictor(model, fill_hole_area=0)
     state = predictor.init_state(frames)
     for obj_id, box in enumerate(BOXES, start=1):
-        result = predictor.add_prompt(state, 1, obj_id, box=Box(*box))
-    ours = predictor.frame_features(state, 1)
+        result = predictor.add_prompt(state, 0, obj_id, box=Box(*box))
+    ours = predictor.frame_features(state, 0)
+    assert state.encoded == 1
     torch.testing.assert_close(ours.vision, ref_feats["backbone_fpn"][2], atol=ATOL, rtol=0)
     torch.testing.assert_close(ours.high_res[0], ref_feats["backbone_fpn"][0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(ours.high_res[1], ref_feats["backbone_fpn"][1], atol=ATOL, rtol=0)
     np.testing.assert_allclose(result.logits, ref_logits[:, 0].numpy(), atol=ATOL, rtol=0)
 
 

@@ -551,7 +551,7 @@ class MemoryPredictor:
         if excess <= 0:
             return
         c = self.config
-        reach = (c.num_maskmem - 1) * c.memory_temporal_stride_for_eval + 1
+        reach = (c.num_maskmem - 1) * c.memory_temporal_stride_for_eval
         anchors = [frame, *track.cond]
         distance = {t: min(abs(t - a) for a in anchors) for t in held}
         for t in sorted(held, key=lambda t: -distance[t])[:excess]:
