@@ -176,7 +176,8 @@ class VideoState:
         self.cache = cache
         self.objects: OrderedDict[int, ObjectTrack] = OrderedDict()
         self.maskmem_pos: torch.Tensor | None = None  # the same for every frame and object
-        self.encoded = 0
+        self.encoded = 0  # frames that went through the encoder
+        self.visited = 0  # frame results propagation yielded
 
     @property
     def object_ids(self) -> tuple[int, ...]:
@@ -198,6 +199,8 @@ class MemoryPredictor:
     post-processing, 8 by default; 0 turns it off). offload_state_to_cpu: keep memories on the CPU (saves
     GPU memory at some speed). max_memory_frames: spatial memories kept per object (see ``_trim``).
     """
+
+    is_memory_predictor = True  # how segment3d / video / evaluation tell it from the 2D Predictor
 
     def __init__(
         self,
@@ -425,6 +428,7 @@ class MemoryPredictor:
                     track.tracked[frame] = reverse
                     self._trim(track, frame)
                     outputs.append(out)
+                state.visited += 1
                 yield self._result(state, frame, outputs)
 
     def _preflight(self, state: VideoState) -> None:
@@ -622,21 +626,24 @@ def fill_holes(logits: torch.Tensor, max_area: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class KeySlicePrompt:
-    """One object's prompt on its key slice ``z``: a box (x0, y0, x1, y1 in slice pixels) and/or clicks."""
+    """One object's prompt on its key slice ``z``: a box (x0, y0, x1, y1 in slice pixels) and/or clicks;
+    ``z_limits`` (inclusive) stop the propagation there (a 3D box gives them)."""
 
     z: int
     box: Box | None = None
     points: Points | None = None
+    z_limits: tuple[int, int] | None = None
 
 
 def medsam2_segment_volume(
     predictor: MemoryPredictor,
-    volume: np.ndarray,
+    volume: Any,
     prompts: Sequence[KeySlicePrompt],
     *,
     largest_component: bool = True,
     progress: bool = True,
     state: VideoState | None = None,
+    source: str = "volume",
 ) -> np.ndarray:
     """MedSAM2's procedure for 3D (medsam2_infer_3D_CT.py): per object, the key-slice prompt, propagate up
     (towards higher z), reset, the same prompt again, propagate down, union of both sweeps, then the largest
@@ -648,21 +655,29 @@ def medsam2_segment_volume(
 
     if not prompts:
         raise PromptError("no prompt: give at least one object (a box or clicks on its key slice)")
-    state = state if state is not None else predictor.init_state(volume, source="volume")
+    state = state if state is not None else predictor.init_state(volume, source=source)
     for i, p in enumerate(prompts):  # every prompt is checked before any work
         predictor._check_frame(state, p.z)
         if p.box is None and (p.points is None or len(p.points) == 0):
             raise PromptError(f"object {i + 1}: give a box and/or points on slice {p.z}")
+        if p.z_limits is not None:
+            z0, z1 = (int(v) for v in p.z_limits)
+            if not (0 <= z0 <= p.z <= z1 < state.num_frames):
+                raise PromptError(
+                    f"object {i + 1}: z range {z0}..{z1} must hold its key slice {p.z} and lie within the "
+                    f"{state.num_frames} slices 0..{state.num_frames - 1}"
+                )
     depth, (h, w) = state.num_frames, state.frame_hw
     labels = np.zeros((depth, h, w), dtype=np.uint8 if len(prompts) < 256 else np.uint16)
-    total = len(prompts) * (depth + 1)
+    total = sum(_extent(p, depth)[1] - _extent(p, depth)[0] + 2 for p in prompts)
     with tqdm(total=total, desc="MedSAM2", unit="slice", disable=not progress, leave=False) as bar:
         for i, p in enumerate(prompts):
+            lo, hi = _extent(p, depth)
             segmentation = np.zeros((depth, h, w), dtype=bool)
-            for reverse in (False, True):
+            for reverse, span in ((False, hi - p.z), (True, p.z - lo)):
                 state.reset()
                 predictor.add_prompt(state, p.z, 1, box=p.box, points=p.points)
-                for result in predictor.propagate(state, reverse=reverse):
+                for result in predictor.propagate(state, reverse=reverse, max_frames=span):
                     segmentation[result.frame] |= result.masks[0]
                     bar.update(1)
             state.reset()
@@ -670,6 +685,82 @@ def medsam2_segment_volume(
                 segmentation = keep_largest(segmentation)
             labels[segmentation] = i + 1
     return labels
+
+
+def _extent(p: KeySlicePrompt, depth: int) -> tuple[int, int]:
+    return (int(p.z_limits[0]), int(p.z_limits[1])) if p.z_limits is not None else (0, depth - 1)
+
+
+def track_video(
+    predictor: MemoryPredictor,
+    frames: Any,
+    prompts: Sequence[KeySlicePrompt],
+    *,
+    progress: bool = True,
+    source: str = "video",
+    state: VideoState | None = None,
+) -> np.ndarray:
+    """SAM 2's video use: every object prompted on its frame in one session, tracked forwards from the first
+    prompted frame, then backwards from the last one (the backward sweep sees the forward sweep's memories).
+    Returns (t, h, w) labels, object i = value i + 1 (a later object wins overlaps)."""
+    from tqdm.auto import tqdm
+
+    if not prompts:
+        raise PromptError("no prompt: give at least one box (or clicks) on a frame")
+    state = state if state is not None else predictor.init_state(frames, source=source)
+    for p in prompts:
+        predictor._check_frame(state, p.z)
+    limits = [p.z_limits for p in prompts if p.z_limits is not None]
+    lo = min((l[0] for l in limits), default=0)
+    hi = max((l[1] for l in limits), default=state.num_frames - 1)
+    depth, (h, w) = state.num_frames, state.frame_hw
+    for i, p in enumerate(prompts):
+        predictor.add_prompt(state, p.z, i + 1, box=p.box, points=p.points)
+    first, last = min(p.z for p in prompts), max(p.z for p in prompts)
+    masks = np.zeros((len(prompts), depth, h, w), dtype=bool)
+    with tqdm(total=(hi - first + 1) + (last - lo + 1), desc="tracking", unit="frame", disable=not progress,
+              leave=False) as bar:
+        for reverse, start, span in ((False, first, hi - first), (True, last, last - lo)):
+            for result in predictor.propagate(state, start, reverse=reverse, max_frames=span):
+                masks[:, result.frame] |= result.masks
+                bar.update(1)
+    labels = np.zeros((depth, h, w), dtype=np.uint8 if len(prompts) < 256 else np.uint16)
+    for i in range(len(prompts)):
+        labels[masks[i]] = i + 1
+    return labels
+
+
+def stack_segmentation(
+    predictor: MemoryPredictor,
+    slices: Any,
+    prompts: Sequence[Any],
+    *,
+    procedure: str = "medsam2",
+    progress: bool = True,
+    source: str = "volume",
+    largest_component: bool = True,
+):
+    """The memory models' answer where the toolkit propagates (``segment-volume``, ``segment-video``,
+    ``evaluate``): ``medsam.inference.propagate.ObjectPrompt`` prompts in, a ``StackSegmentation`` out.
+    procedure: "medsam2" (volumes: :func:`medsam2_segment_volume`) or "video" (:func:`track_video`)."""
+    import time
+
+    from medsam.inference.propagate import ObjectTrackSummary, StackSegmentation
+
+    keyed = [KeySlicePrompt(int(p.z), p.box, p.points, p.z_limits) for p in prompts]
+    start = time.perf_counter()
+    state = predictor.init_state(slices, source=source)
+    if procedure == "video":
+        labels = track_video(predictor, slices, keyed, progress=progress, state=state)
+    else:
+        labels = medsam2_segment_volume(predictor, slices, keyed, progress=progress, state=state,
+                                        largest_component=largest_component)
+    summaries = []
+    for i in range(len(keyed)):
+        zs = np.flatnonzero((labels == i + 1).reshape(labels.shape[0], -1).any(axis=1))
+        z_range = (int(zs[0]), int(zs[-1])) if zs.size else None
+        summaries.append(ObjectTrackSummary(i, i + 1, z_range, int((labels == i + 1).sum()), ()))
+    return StackSegmentation(labels, tuple(summaries), state.visited, state.encoded, time.perf_counter() - start)
 
 
 def stack_signature(frames: np.ndarray) -> str:

@@ -138,7 +138,8 @@ def segment_volume(
     config: PropagationConfig = PropagationConfig(),
     progress: bool = True,
 ) -> tuple[StackSegmentation, np.ndarray, str]:
-    """Window ``volume`` to uint8 and propagate ``prompts`` through it.
+    """Window ``volume`` to uint8 and propagate ``prompts`` through it. A ``MemoryPredictor`` (SAM 2 family)
+    runs MedSAM2's procedure (``medsam.inference.memory_video.medsam2_segment_volume``; ``config`` does not apply).
 
     Returns the segmentation, the uint8 volume the model saw, and the window used (as text).
     """
@@ -147,6 +148,12 @@ def segment_volume(
     resolved = resolve_window(volume, window)
     volume_u8 = apply_window(volume, resolved)
     source = str(volume.metadata.get("source_path", "volume"))
+    if getattr(predictor, "is_memory_predictor", False):  # SAM 2 / MedSAM2: MedSAM2's 3D procedure
+        from medsam.inference.memory_video import stack_segmentation
+
+        result = stack_segmentation(predictor, volume_u8, prompts, procedure="medsam2", progress=progress,
+                                    source=source)
+        return result, volume_u8, str(resolved)
     result = segment_stack(predictor, volume_u8, prompts, config, progress=progress, source=source)
     return result, volume_u8, str(resolved)
 
