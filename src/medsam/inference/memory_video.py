@@ -17,10 +17,16 @@ plus the object pointers of up to 15 earlier frames; the masks the user prompted
 Objects are tracked independently (one memory bank each).
 
 Bounds: frame features are computed once and kept in an LRU cache bounded in bytes (``cache_bytes``),
-optionally backed by a folder on disk (``cache_dir``); each object's memory bank keeps the (large) spatial
-memories only of frames that can still be attended to (within ``num_maskmem - 1`` frames of the frame being
-tracked or of a conditioning frame) and the (small) object pointers within ``max_obj_ptrs_in_encoder``.
-Low-resolution logits of every tracked frame are kept, so a correction on any frame starts from them.
+optionally backed by a folder on disk (``cache_dir``, files named by a signature of pixels, weights and
+preprocessing). Each object's memory bank holds at most ``max_memory_frames`` spatial memories (bfloat16, as
+SAM 2 keeps them): beyond that the ones farthest from the frame being tracked and from every conditioning frame
+go first, never one that frame could attend to, so a sweep gives SAM 2's results while memory stays bounded on
+long videos. Object pointers and low-resolution logits (small) of every tracked frame are kept, so a correction on
+any frame starts from its logits, as in SAM 2.
+
+For interaction (clicks and boxes on any slice, re-propagation): ``add_prompt`` on a tracked frame corrects it,
+``propagate(state, start=frame, reverse=...)`` re-tracks from there and can be closed early;
+``clear_prompts`` / ``remove_object`` / ``VideoState.reset`` undo.
 
 Errors for people: prompts on frames out of range, malformed boxes/points/masks, propagation before any
 prompt, an unknown object: each a :class:`medsam.errors.PromptError` naming what to change.
