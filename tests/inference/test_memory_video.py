@@ -76,11 +76,25 @@ def test_closing_the_generator_early_keeps_what_was_tracked(tiny_sam2):
     track = state.objects[1]
     assert sorted(track.tracked) == [0, 1, 2] and sorted(track.non_cond) == [1, 2]
     # a correction on a tracked frame, then re-propagation from it in the direction it was reached from
+    corrected = predictor.add_prompt(state, 2, 1, points=Points([[22, 24]], [1]))
+    assert 2 in track.pending_cond  # a correction becomes a conditioning frame
+    again = list(predictor.propagate(state, start=2, max_frames=3))
+    assert [r.frame for r in again] == [2, 3, 4, 5]
+    np.testing.assert_array_equal(again[0].logits, corrected.logits)  # the correction is kept, not re-tracked
+    assert 2 in track.cond and 2 not in track.non_cond and track.cond[2].maskmem is not None
+    assert not track.pending_cond
+
+
+def test_without_corrections_as_cond_a_correction_lasts_until_retracked(tiny_sam2):
+    predictor = MemoryPredictor(tiny_sam2, corrections_as_cond=False)
+    state = predictor.init_state(stack())
+    predictor.add_prompt(state, 0, 1, box=[10, 14, 30, 34])
+    list(predictor.propagate(state, max_frames=3))
     predictor.add_prompt(state, 2, 1, points=Points([[22, 24]], [1]))
-    assert 2 in track.pending_non_cond
-    again = [r.frame for r in predictor.propagate(state, start=2, max_frames=3)]
-    assert again == [2, 3, 4, 5]
-    assert 2 in track.non_cond and track.non_cond[2].maskmem is not None and not track.pending_non_cond
+    track = state.objects[1]
+    assert 2 in track.pending_non_cond and 2 not in track.pending_cond
+    list(predictor.propagate(state, start=2, max_frames=1))
+    assert sorted(track.cond) == [0] and 2 in track.non_cond
 
 
 def test_clicks_add_up_on_a_frame_with_clear_false(tiny_sam2):

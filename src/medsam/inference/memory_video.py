@@ -204,6 +204,10 @@ class MemoryPredictor:
     fill_hole_area: background holes of at most this many low-res pixels inside a mask are filled (SAM 2's
     post-processing, 8 by default; 0 turns it off). offload_state_to_cpu: keep memories on the CPU (saves
     GPU memory at some speed). max_memory_frames: spatial memories kept per object (see ``_trim``).
+    corrections_as_cond: a prompt on a frame the object was already tracked on makes it a conditioning frame, so
+    a later propagation keeps the correction (SAM 2's ``add_all_frames_to_correct_as_cond``, on in its
+    interactive demo; off, the correction only lasts until that frame is tracked again, as in its video predictor's
+    default).
     """
 
     is_memory_predictor = True  # how segment3d / video / evaluation tell it from the 2D Predictor
@@ -217,6 +221,7 @@ class MemoryPredictor:
         fill_hole_area: int | None = None,
         offload_state_to_cpu: bool = False,
         max_memory_frames: int = 32,
+        corrections_as_cond: bool = True,
     ) -> None:
         spec = getattr(model, "spec", None)
         if not isinstance(model, Sam2Model) or spec is None:
@@ -234,6 +239,7 @@ class MemoryPredictor:
         self.fill_hole_area = self.config.fill_hole_area if fill_hole_area is None else int(fill_hole_area)
         self.offload = offload_state_to_cpu
         self.max_memory_frames = max(int(max_memory_frames), 2 * self.config.num_maskmem)
+        self.corrections_as_cond = bool(corrections_as_cond)
 
     @property
     def device(self) -> torch.device:
@@ -322,7 +328,7 @@ class MemoryPredictor:
         track = self._track(state, obj_id)
         initial = frame not in track.tracked
         reverse = False if initial else track.tracked[frame]
-        pending = track.pending_cond if initial else track.pending_non_cond
+        pending = track.pending_cond if (initial or self.corrections_as_cond) else track.pending_non_cond
         if mask is not None:
             track.masks[frame] = mask_in
             track.points.pop(frame, None)
