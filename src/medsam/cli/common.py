@@ -48,12 +48,16 @@ def execution_options(args: argparse.Namespace):
     )
 
 
-def load_predictor(args: argparse.Namespace, *, memory_ok: bool = False, **predictor_kwargs):
+# Subcommands that propagate through stacks: there a SAM 2 family model comes in a MemoryPredictor.
+MEMORY_COMMANDS = ("segment-volume", "segment-video")
+
+
+def load_predictor(args: argparse.Namespace, **predictor_kwargs):
     """The model of ``--model/--checkpoint/--device`` in a Predictor running ``--precision/--backend/--threads``.
 
     A fallback (engine not installed, ...) is reported on stderr as a note, not as a Python warning.
-    memory_ok: the command propagates (segment-volume, segment-video): a SAM 2 family model then comes in a
-    ``MemoryPredictor`` (PyTorch, fp32); elsewhere such a model is refused with what to use instead.
+    A SAM 2 family model comes in a ``MemoryPredictor`` (PyTorch, fp32) for the commands of MEMORY_COMMANDS;
+    the other commands refuse it with what to use instead.
     """
     import sys
     import warnings
@@ -62,7 +66,7 @@ def load_predictor(args: argparse.Namespace, *, memory_ok: bool = False, **predi
     from medsam.models.registry import get_spec
 
     if get_spec(args.model).family == "sam2":
-        return _memory_predictor(args, memory_ok)
+        return _memory_predictor(args, getattr(args, "command", None) in MEMORY_COMMANDS)
     model = load_model(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise PromptError(f"--frame-range {args.frame_range!r}: give two frame numbers F0,F1") from exc
         frame_range = (f0, f1)
     config = PropagationConfig(batch_size=args.batch_size, stop_rule=not args.follow)
-    predictor = load_predictor(args, memory_ok=True)  # SAM 2 family: memory tracking
+    predictor = load_predictor(args)
     result = segment_video_file(
         predictor, args.video, args.output, frame=args.frame, boxes=boxes, points=points, frame_range=frame_range,
         overlay_video=args.overlay_video, config=config, max_frames=args.max_frames, overwrite=args.overwrite,

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         mode=args.mode, batch_size=args.batch_size, largest_component=args.largest_component,
         mask_prompt=args.mask_prompt,
     )
-    predictor = load_predictor(args, memory_ok=True)  # SAM 2 family: memory tracking
+    predictor = load_predictor(args)
     result = segment_volume_file(
         predictor, args.input, args.output, prompts=prompts, window=args.window, output_format=args.output_format,
         montage_path=args.montage, config=config, label_names=args.label or None, series_uid=args.series_uid,

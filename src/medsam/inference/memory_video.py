@@ -34,7 +34,6 @@ prompt, an unknown object: each a :class:`medsam.errors.PromptError` naming what
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -773,10 +772,3 @@ def stack_segmentation(
         z_range = (int(zs[0]), int(zs[-1])) if zs.size else None
         summaries.append(ObjectTrackSummary(i, i + 1, z_range, int((labels == i + 1).sum()), ()))
     return StackSegmentation(labels, tuple(summaries), state.visited, state.encoded, time.perf_counter() - start)
-
-
-def stack_signature(frames: np.ndarray) -> str:
-    """SHA-1 of a stack's pixels and shape (to name on-disk feature caches by content)."""
-    digest = hashlib.sha1(f"{frames.shape}|{frames.dtype}".encode())
-    digest.update(np.ascontiguousarray(frames).tobytes())
-    return digest.hexdigest()
