@@ -116,10 +116,13 @@ def test_hiera_sizes_are_told_apart():
     assert "unexpected keys" in message and "Hiera-S (--model sam2.1_hiera_s)" in message
 
 
-def test_2d_commands_refuse_memory_models(tmp_path, capsys):
-    from PIL import Image
+def test_2d_commands_refuse_memory_models():
+    """Checked on the shared helper itself (other test modules swap the CLI modules' own reference to it)."""
+    from argparse import Namespace
 
-    png = tmp_path / "slice.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8)).save(png)
-    _expect_error(["segment", str(png), "--box", "4,4,20,20", "-o", str(tmp_path / "m.png"), "--model", "medsam2"],
-                  tmp_path, capsys, "SAM 2 memory model", "segment-volume")
+    from medsam.cli.common import load_predictor
+    from medsam.errors import MedsamError
+
+    for command in ("segment", "everything", "serve"):
+        with pytest.raises(MedsamError, match="SAM 2 memory model.*segment-volume"):
+            load_predictor(Namespace(command=command, model="medsam2", checkpoint=None, device="cpu"))
