@@ -124,20 +124,20 @@ def test_mask_prompt_is_taken_as_the_frame_s_mask(tiny_sam2):
 
 def test_feature_cache_is_bounded_and_backed_by_disk(tiny_sam2, tmp_path):
     frames = stack(n=6)
-    one = MemoryPredictor(tiny_sam2, fill_hole_area=0).frame_features(
-        MemoryPredictor(tiny_sam2).init_state(frames), 0
-    ).nbytes
+    probe = MemoryPredictor(tiny_sam2)
+    one = probe.frame_features(probe.init_state(frames), 0).nbytes
     predictor = MemoryPredictor(tiny_sam2, cache_bytes=2 * one, cache_dir=tmp_path / "features", fill_hole_area=0)
     state = predictor.init_state(frames)
     predictor.add_prompt(state, 0, 1, box=[10, 14, 30, 34])
     first = [r.logits for r in predictor.propagate(state)]
     assert len(state.cache) <= 2 and state.cache.nbytes <= 2 * one
     assert state.encoded == 6 and len(list((tmp_path / "features").glob("*.pt"))) == 6
-    # a new session on the same frames reads the features back instead of encoding them
-    state2 = predictor.init_state(frames)
-    predictor.add_prompt(state2, 0, 1, box=[10, 14, 30, 34])
-    second = [r.logits for r in predictor.propagate(state2)]
-    assert state2.encoded == 0 and state2.cache.disk_reads >= 6
+    # a new predictor (a new process, say) on the same frames reads the features back instead of encoding them
+    again = MemoryPredictor(tiny_sam2, cache_bytes=2 * one, cache_dir=tmp_path / "features", fill_hole_area=0)
+    state2 = again.init_state(frames)
+    again.add_prompt(state2, 0, 1, box=[10, 14, 30, 34])
+    second = [r.logits for r in again.propagate(state2)]
+    assert state2.encoded == 0 and again.cache.disk_reads >= 6
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
 

@@ -199,7 +199,8 @@ class VideoState:
 class MemoryPredictor:
     """SAM 2-style tracking with a :class:`medsam.models.sam2.Sam2Model` from ``build_model``.
 
-    cache_bytes / cache_dir: bound of the frame-feature cache in memory, optional folder backing it.
+    cache_bytes / cache_dir: bound of the frame-feature cache in memory (shared by the predictor's sessions),
+    optional folder backing it.
     fill_hole_area: background holes of at most this many low-res pixels inside a mask are filled (SAM 2's
     post-processing, 8 by default; 0 turns it off). offload_state_to_cpu: keep memories on the CPU (saves
     GPU memory at some speed). max_memory_frames: spatial memories kept per object (see ``_trim``).
@@ -233,8 +234,9 @@ class MemoryPredictor:
         self.config = model.config
         self.preprocess = spec.preprocess
         self.model_id = f"{spec.name}:{model_fingerprint(model)}"
-        self.cache_bytes = cache_bytes
-        self.cache_dir = cache_dir
+        # One cache for every session of this predictor: keys are signatures of the frame's pixels, so a volume
+        # evaluated twice, or the sweeps and objects of one volume, encode each slice once.
+        self.cache = FeatureCache(cache_bytes, cache_dir)
         self.fill_hole_area = self.config.fill_hole_area if fill_hole_area is None else int(fill_hole_area)
         self.offload = offload_state_to_cpu
         self.max_memory_frames = max(int(max_memory_frames), 2 * self.config.num_maskmem)
@@ -253,7 +255,7 @@ class MemoryPredictor:
     def init_state(self, frames: Any, *, source: str = "video") -> VideoState:
         """A session on ``frames``: (t, h, w) or (t, h, w, 3) uint8 (window volumes first, e.g. with
         ``medsam.preprocess.intensity.apply_window``), or a sequence of such 2D frames. Nothing is encoded yet."""
-        return VideoState(frames, FeatureCache(self.cache_bytes, self.cache_dir), source=source)
+        return VideoState(frames, self.cache, source=source)
 
     def frame_features(self, state: VideoState, frame: int) -> FrameFeatures:
         """The encoder's features of one frame, from the cache or computed (once)."""
