@@ -222,3 +222,14 @@ def test_medsam2_volume_procedure_labels_each_object(tiny_sam2):
     assert count == 1  # the largest 3D connected component (the last object is not overwritten by another)
     with pytest.raises(PromptError, match="out of range"):
         medsam2_segment_volume(predictor, volume, [KeySlicePrompt(z=6, box=Box(1, 1, 5, 5))], progress=False)
+
+
+def test_a_click_on_any_slice_re_tracks_both_ways(tiny_sam2):
+    predictor = MemoryPredictor(tiny_sam2)
+    state = predictor.init_state(stack(n=6))
+    predictor.add_prompt(state, 1, 1, box=[10, 14, 30, 34])
+    list(predictor.propagate(state))
+    predictor.add_prompt(state, 4, 1, points=Points([[26, 24]], [1]), clear=False)  # a click on a tracked slice
+    frames = [r.frame for r in predictor.propagate_both_ways(state, 4)]
+    assert frames == [4, 5, 3, 2, 1, 0]
+    assert sorted(state.objects[1].cond) == [1, 4]

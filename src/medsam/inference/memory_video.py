@@ -427,6 +427,17 @@ class MemoryPredictor:
             order = range(start, min(start + span, state.num_frames - 1) + 1)
         return self._run(state, list(order), reverse, progress)
 
+    def propagate_both_ways(
+        self, state: VideoState, start: int, *, max_frames: int | None = None, progress: bool = False
+    ) -> Iterator[FrameResult]:
+        """Re-track from ``start`` forwards, then backwards (what an interactive correction on a slice needs);
+        the start frame is yielded once. Close the generator to stop; everything yielded is stored."""
+        yield from self.propagate(state, start, max_frames=max_frames, progress=progress)
+        backwards = self.propagate(state, start, reverse=True, max_frames=max_frames, progress=progress)
+        for result in backwards:
+            if result.frame != start:
+                yield result
+
     def _run(self, state: VideoState, order: list[int], reverse: bool, progress: bool) -> Iterator[FrameResult]:
         from tqdm.auto import tqdm
 
