@@ -115,7 +115,7 @@ def main() -> None:
                "--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-        print(f"  done {name}: {rows[-1]['seconds']:.1f} s", flush=True)
+        print(f"  done {name}: {json.dumps(rows[-1])}", flush=True)  # kept if a later run is stopped
     base = next((r for r in rows if r["run"] == "lite_medsam"), None)
     print()
     print("| run | slices tracked | slices encoded | s / slice | encoder s / slice | peak RSS MiB | s / slice vs LiteMedSAM |")
