@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medsam.models.common import LayerNorm2d
-from medsam.models.mask_decoder import MLP
+from medsam.models.mask_decoder import MLP, MaskDecoder
 from medsam.models.prompt_encoder import PromptEncoder
 from medsam.models.transformer import TwoWayTransformer
 
@@ -41,7 +40,10 @@ class DecoderOutput:
     object_scores: torch.Tensor
 
 
-class Sam2MaskDecoder(nn.Module):
+class Sam2MaskDecoder(MaskDecoder):
+    """SAM's mask decoder (tokens, upscaling, hypernetworks, IoU head made sigmoid) plus SAM 2's object-score
+    token and head and the two 1x1 projections of the high-resolution encoder levels."""
+
     def __init__(
         self,
         transformer_dim: int,
@@ -53,24 +55,12 @@ class Sam2MaskDecoder(nn.Module):
         dynamic_multimask_stability_delta: float = 0.05,
         dynamic_multimask_stability_thresh: float = 0.98,
     ) -> None:
-        super().__init__()
+        super().__init__(transformer_dim, transformer, num_multimask_outputs, iou_head_depth, iou_head_hidden_dim)
         d = transformer_dim
-        self.transformer = transformer
-        self.num_mask_tokens = num_multimask_outputs + 1
-        self.iou_token = nn.Embedding(1, d)
-        self.mask_tokens = nn.Embedding(self.num_mask_tokens, d)
+        self.iou_prediction_head.sigmoid_output = True
         self.obj_score_token = nn.Embedding(1, d)
-        self.output_upscaling = nn.Sequential(
-            nn.ConvTranspose2d(d, d // 4, kernel_size=2, stride=2),
-            LayerNorm2d(d // 4),
-            nn.GELU(),
-            nn.ConvTranspose2d(d // 4, d // 8, kernel_size=2, stride=2),
-            nn.GELU(),
-        )
         self.conv_s0 = nn.Conv2d(d, d // 8, kernel_size=1)
         self.conv_s1 = nn.Conv2d(d, d // 4, kernel_size=1)
-        self.output_hypernetworks_mlps = nn.ModuleList([MLP(d, d, d // 8, 3) for _ in range(self.num_mask_tokens)])
-        self.iou_prediction_head = MLP(d, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth, sigmoid_output=True)
         self.pred_obj_score_head = MLP(d, d, 1, 3)
         self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
         self.stability_delta = dynamic_multimask_stability_delta
@@ -84,7 +74,7 @@ class Sam2MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         high_res_features: tuple[torch.Tensor, torch.Tensor],
-    ) -> DecoderOutput:
+    ) -> DecoderOutput:  # type: ignore[override]  (SAM 2's outputs and inputs differ from SAM's)
         """image_embeddings (B, C, h, w), one per prompt; high_res_features: the stride-4 and stride-8 maps
         already projected by conv_s0 / conv_s1."""
         batch = sparse_prompt_embeddings.shape[0]
