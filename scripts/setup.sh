@@ -39,3 +39,10 @@ if { [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancD
 fi
 python -c "import playwright.sync_api" 2>/dev/null || python -m pip install -q playwright \
   || echo "setup.sh: playwright could not be installed; the browser test will skip" >&2
+# Test-only reference for the SAM 2 fidelity tests (tests/models/test_sam2_reference.py): the official sam2 1.1.0
+# code from PyPI without its dependencies (no torchvision: its video predictor does not need it), without its CUDA
+# extension, plus the three packages its model builder imports. The toolkit never imports it. Where it cannot be
+# installed the fidelity tests skip and say why.
+python -c "import sam2.sam2_video_predictor" 2>/dev/null || (
+  SAM2_BUILD_CUDA=0 python -m pip install -q --no-deps "sam2==1.1.0" && python -c "import sam2.sam2_video_predictor"
+) || echo "setup.sh: the sam2==1.1.0 reference could not be installed; the SAM 2 fidelity tests will skip" >&2

@@ -55,16 +55,25 @@ def execution_options(args: argparse.Namespace):
     )
 
 
+# Subcommands that propagate through stacks: there a SAM 2 family model comes in a MemoryPredictor.
+MEMORY_COMMANDS = ("segment-volume", "segment-video")
+
+
 def load_predictor(args: argparse.Namespace, **predictor_kwargs):
     """The model of ``--model/--checkpoint/--device`` in a Predictor running ``--precision/--backend/--threads``.
 
     A fallback (engine not installed, ...) is reported on stderr as a note, not as a Python warning.
+    A SAM 2 family model comes in a ``MemoryPredictor`` (PyTorch, fp32) for the commands of MEMORY_COMMANDS;
+    the other commands refuse it with what to use instead.
     """
     import sys
     import warnings
 
     from medsam.inference.engines import make_predictor
+    from medsam.models.registry import get_spec
 
+    if get_spec(args.model).family == "sam2":
+        return _memory_predictor(args, getattr(args, "command", None) in MEMORY_COMMANDS)
     model = load_model(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -72,3 +81,26 @@ def load_predictor(args: argparse.Namespace, **predictor_kwargs):
     for warning in caught:
         print(f"medsam: note: {warning.message}", file=sys.stderr)
     return predictor
+
+
+def _memory_predictor(args: argparse.Namespace, memory_ok: bool):
+    import sys
+
+    from medsam.errors import MedsamError
+
+    if not memory_ok:
+        raise MedsamError(
+            f"--model {args.model} is a SAM 2 memory model for videos and volumes: use it with `medsam segment-video`, "
+            "`medsam segment-volume` or `medsam evaluate` on 3D cases; for 2D images choose lite_medsam, medsam_vit_b "
+            "or sam_vit_b/l/h"
+        )
+    from medsam.inference.memory_video import MemoryPredictor
+
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    if getattr(args, "precision", "auto") not in ("auto", "fp32") or getattr(args, "backend", "auto") not in ("auto", "torch"):
+        print(f"medsam: note: --precision/--backend apply to image models; {args.model} runs in PyTorch fp32",
+              file=sys.stderr)
+    return MemoryPredictor(load_model(args))

@@ -283,7 +283,7 @@ class EvaluationResult:
                 mean = lambda key: tuple(float(v) for v in np.mean([getattr(r, key)[:n] for r in group], axis=0))  # noqa: E731
                 out.append(ProtocolSummary(
                     run.label, dataset, len(group), mean("dsc_per_click"), mean("nsd_per_click"), mean("seconds_per_step"),
-                    float(np.nanmean([r.dsc_auc for r in group])), float(np.nanmean([r.nsd_auc for r in group])),
+                    _finite_mean([r.dsc_auc for r in group]), _finite_mean([r.nsd_auc for r in group]),
                 ))
         return out
 
@@ -302,6 +302,12 @@ class EvaluationResult:
         from medsam.evaluation.report import write_results
 
         return write_results(self, out_dir, overwrite=overwrite, command=command)
+
+
+def _finite_mean(values: Sequence[float]) -> float:
+    """The mean of the finite values; NaN when there are none (an AUC needs two click steps)."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def rows_csv(rows: Iterable[CaseResult]) -> str:

@@ -84,7 +84,7 @@ def _models(models: Any, device: str | None) -> list[tuple[ModelChoice, Any]]:
     out = []
     for item in _as_list(models):
         spec = getattr(item, "spec", None)
-        if spec is not None and hasattr(item, "encode"):
+        if spec is not None and (hasattr(item, "encode") or hasattr(item, "encode_frames")):
             out.append((ModelChoice(spec.name), item))
             continue
         choice = ModelChoice.parse(item)
@@ -134,7 +134,6 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from medsam.inference.engines import make_predictor
 
     cases = load_cases(data, datasets=datasets, limit=limit)
     if volume_prompt not in VOLUME_PROMPTS:
@@ -150,7 +149,7 @@ def evaluate(
     if not (math.isfinite(tol) and tol >= 0):
         raise InputError(f"tolerance {tolerance!r}: give a distance >= 0 (mm for volumes, px for images)")
     built = _models(models, device)
-    predictors = [(choice, make_predictor(model, execution, cache_bytes=cache_bytes)) for choice, model in built]
+    predictors = [(choice, _predictor(model, execution, cache_bytes)) for choice, model in built]
     runs = [RunSpec(choice, m, spec) for choice, _ in built for m in dict.fromkeys(mode_list) for spec in dict.fromkeys(prompt_specs)]
 
     loader = CaseLoader(orientation)
@@ -167,6 +166,18 @@ def evaluate(
         loader.orientation,
     )
     return EvaluationResult(tuple(r.info() for r in runs), rows, tuple(cases), settings, worst.items())
+
+
+def _predictor(model: Any, execution: Any, cache_bytes: int) -> Any:
+    """A Predictor on the execution engine for image models; a MemoryPredictor (MedSAM2's 3D procedure, PyTorch)
+    for the SAM 2 family."""
+    if getattr(getattr(model, "spec", None), "family", "sam") == "sam2":
+        from medsam.inference.memory_video import MemoryPredictor
+
+        return MemoryPredictor(model, cache_bytes=cache_bytes)
+    from medsam.inference.engines import make_predictor
+
+    return make_predictor(model, execution, cache_bytes=cache_bytes)
 
 
 def _row(run: RunSpec, case: Case, status: str, message: str = "", **values: Any) -> CaseResult:
@@ -208,6 +219,11 @@ def _evaluate_case(
     for choice, predictor in predictors:
         model_runs = [r for r in runs if r.model == choice]
         encode_seconds = 0.0
+        if not loaded.is_3d and getattr(predictor, "is_memory_predictor", False):
+            message = (f"{choice.name} is a SAM 2 memory model: it is evaluated on 3D cases (and videos); "
+                       "2D images need an image model")
+            by_run.update({r.label: _row(r, case, "unavailable", message) for r in model_runs})
+            continue
         if not loaded.is_3d:
             try:
                 t0 = time.perf_counter()

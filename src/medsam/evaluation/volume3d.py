@@ -28,7 +28,8 @@ def predict_volume(
     predictor: Predictor, loaded: LoadedCase, spec: PromptSpec, mode: str, seed: int, tolerance: float = 2.0
 ) -> Outcome:
     """Propagate the case's 3D prompt (``spec.volume_prompt``) through its volume in ``mode``; for ``clicks:N``
-    the interactive protocol (NSD per step at ``tolerance`` mm)."""
+    the interactive protocol (NSD per step at ``tolerance`` mm). A ``MemoryPredictor`` (SAM 2 family) runs
+    MedSAM2's procedure from the key slice's box (z limits of a 3D box respected) whatever the mode."""
     try:
         from medsam.inference import propagate as engine
     except ImportError as exc:  # the 3D engine is optional at this layer
@@ -42,6 +43,13 @@ def predict_volume(
         obj = engine.ObjectPrompt.from_box3d(prompt.box3d)
     else:
         obj = engine.ObjectPrompt(z=int(prompt.slice_z), box=prompt.box)  # type: ignore[arg-type]
+    if getattr(predictor, "is_memory_predictor", False):  # SAM 2 / MedSAM2: MedSAM2's 3D procedure, any mode
+        from medsam.inference.memory_video import stack_segmentation
+
+        t0 = time.perf_counter()
+        seg = stack_segmentation(predictor, loaded.image, [obj], procedure="medsam2", progress=False,
+                                 source=f"volume {loaded.case.key}")
+        return Outcome(seg.labels == 1, float("nan"), prompt, time.perf_counter() - t0)
     config = engine.PropagationConfig(mode=mode)  # type: ignore[arg-type]
     mask = np.zeros(loaded.reference.shape, dtype=bool)
     ious: list[float] = []

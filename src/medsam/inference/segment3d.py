@@ -208,7 +208,8 @@ def segment_volume(
 ) -> OrientedSegmentation:
     """Window ``volume`` to uint8, reorient it (``orientation``; None = :func:`default_orientation` of the
     mode), propagate ``prompts`` (stored-array indices) through the view and map the labels back to the
-    stored grid.
+    stored grid. A ``MemoryPredictor`` (SAM 2 family) runs MedSAM2's procedure
+    (``medsam.inference.memory_video.medsam2_segment_volume``; ``config`` does not apply).
 
     ``key_boxes`` (a box on a slice, with the label of the object it belongs to: None = one new object for all
     such boxes) and ``clicks`` (corrective clicks [z, y, x], each one interaction after the segmentation) run
@@ -226,11 +227,20 @@ def segment_volume(
     resolved = resolve_window(volume, window)
     view_u8 = apply_window(oriented.view, resolved)
     if key_boxes or clicks:
+        if getattr(predictor, "is_memory_predictor", False):
+            raise PromptError("--key-box and --click run with the slice-by-slice models (LiteMedSAM, MedSAM, SAM); "
+                              "with a SAM 2 model give a --box3d or a --slice box")
         return _segment_interactively(
             predictor, view_u8, view_prompts, key_boxes, clicks, oriented, str(resolved), config, agreement, source
         )
     try:
-        result = segment_stack(predictor, view_u8, view_prompts, config, progress=progress, source=source)
+        if getattr(predictor, "is_memory_predictor", False):  # SAM 2 / MedSAM2: MedSAM2's 3D procedure
+            from medsam.inference.memory_video import stack_segmentation
+
+            result = stack_segmentation(predictor, view_u8, view_prompts, procedure="medsam2", progress=progress,
+                                        source=source)
+        else:
+            result = segment_stack(predictor, view_u8, view_prompts, config, progress=progress, source=source)
     except PromptError as exc:  # e.g. an empty key slice: name it by its stored index
         if reo.keeps_slice_axis and reo.flip[0]:
             raise PromptError(slices_to_source(str(exc), reo.source_shape[0])) from exc

@@ -63,8 +63,13 @@ def segment_video(
     config: PropagationConfig = PropagationConfig(),
     progress: bool = True,
 ) -> StackSegmentation:
-    """Segment objects through (T, H, W, 3) uint8 frames from prompts on frame ``frame``."""
+    """Segment objects through (T, H, W, 3) uint8 frames from prompts on frame ``frame``. A
+    ``MemoryPredictor`` (SAM 2 family) tracks with memory (``config`` does not apply)."""
     prompts = video_prompts(frame, boxes, points, frame_range)
+    if getattr(predictor, "is_memory_predictor", False):  # SAM 2 / MedSAM2: memory tracking
+        from medsam.inference.memory_video import stack_segmentation
+
+        return stack_segmentation(predictor, frames, prompts, procedure="video", progress=progress, source="video")
     return segment_stack(predictor, frames, prompts, config, progress=progress, source="video",
                          description="frames")
 

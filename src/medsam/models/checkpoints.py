@@ -132,6 +132,15 @@ def _from_raw(raw: Any, path: Path, fmt: str) -> LoadedCheckpoint:
 
 def describe_architecture(state: Mapping[str, torch.Tensor]) -> str:
     """A guess at which model a state dict belongs to, for error messages."""
+    trunk = {k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")}
+    if trunk:
+        pos = state.get("image_encoder.trunk.pos_embed")
+        width = int(pos.shape[1]) if pos is not None and pos.ndim == 4 else 0
+        known = {(12, 96): "Hiera-T (--model sam2.1_hiera_t, or medsam2 for MedSAM2 files)",
+                 (16, 96): "Hiera-S (--model sam2.1_hiera_s)", (24, 112): "Hiera-B+ (--model sam2.1_hiera_b+)",
+                 (48, 144): "Hiera-L (--model sam2.1_hiera_l)"}
+        name = known.get((len(trunk), width), f"a {len(trunk)}-block Hiera of width {width}")
+        return f"a SAM 2 {name} model"
     if any(k.startswith("image_encoder.layers.") for k in state):
         return "a TinyViT (LiteMedSAM-style) model"
     blocks = {k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")}
@@ -154,6 +163,17 @@ def load_into(model: nn.Module, checkpoint: LoadedCheckpoint, *, model_name: str
         check_hf_config(hf_config, model, model_name=model_name, source=checkpoint.path)
     state = checkpoint.state_dict
     expected = model.state_dict()
+    family = getattr(getattr(model, "spec", None), "family", None) or (
+        "sam2" if any(k.startswith("memory_attention.") for k in expected) else "sam"
+    )
+    if family == "sam2" and not any(k.startswith("image_encoder.trunk.") for k in state):
+        spec = getattr(model, "spec", None)
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} is not a SAM 2 checkpoint: it looks like {describe_architecture(state)}, "
+            f"while --model {model_name} is a SAM 2 memory model that needs a SAM 2.1 / MedSAM2 file "
+            f"({{'model': state_dict}} with image_encoder.trunk.* and memory_attention.* keys). "
+            + (getattr(spec, "checkpoint_hint", "") or "")
+        )
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [

@@ -4,7 +4,6 @@ image features dotted with per-mask hypernetwork weights; an MLP head predicts e
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medsam.models.common import LayerNorm2d
@@ -12,17 +11,25 @@ from medsam.models.transformer import TwoWayTransformer
 
 
 class MLP(nn.Module):
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+    """Linear layers (keys ``layers.N``) with an activation between them (ReLU unless given; SAM 2's Hiera
+    blocks use GELU) and an optional sigmoid on the output (SAM 2's IoU head)."""
+
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int,
+        activation: type[nn.Module] | None = None, sigmoid_output: bool = False,
+    ) -> None:
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
         outs = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
+        self.act = activation() if activation is not None else nn.ReLU()
+        self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x) if i == last else F.relu(layer(x))
-        return x
+            x = layer(x) if i == last else self.act(layer(x))
+        return torch.sigmoid(x) if self.sigmoid_output else x
 
 
 class MaskDecoder(nn.Module):

@@ -36,6 +36,9 @@ class ModelSpec:
     trained with box prompts only (LiteMedSAM, MedSAM: their point and mask prompt paths are effectively
     untrained, so the clicks edit the box and act on the box's logits), "sam" for the SAM recipe (box + clicks
     as points + the previous logits as mask input). The random test models keep the generic "sam".
+    family: "sam" (image models: SamModel, the 2D Predictor, slice-to-slice propagation) or "sam2" (memory
+    models: ``medsam.models.sam2.Sam2Model``, tracked with ``medsam.inference.memory_video``).
+    architecture: builds the whole model when it is not a SamModel (the SAM 2 family); None for SamModel.
     """
 
     name: str
@@ -47,6 +50,8 @@ class ModelSpec:
     weights: str = "file"
     checkpoint_hint: str = ""
     refinement: str = "sam"
+    family: str = "sam"
+    architecture: Callable[[], nn.Module] | None = None
 
     @property
     def input_size(self) -> int:
@@ -78,6 +83,8 @@ def get_spec(name: str) -> ModelSpec:
 
 def build_architecture(spec: ModelSpec) -> "SamModel":
     """The model with freshly initialised weights."""
+    if spec.architecture is not None:
+        return spec.architecture()  # type: ignore[return-value]
     from medsam.models.mask_decoder import MaskDecoder
     from medsam.models.prompt_encoder import PromptEncoder
     from medsam.models.sam import SamModel
@@ -118,7 +125,13 @@ def build_model(
     if spec.weights == "random" and checkpoint is None:
         torch.manual_seed(0)
     model = build_architecture(spec)
+    model.spec = spec  # type: ignore[attr-defined]
     if checkpoint is not None:
+        if spec.checkpoint_hint and not Path(checkpoint).expanduser().exists():
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not exist (model {name!r}). {spec.checkpoint_hint} "
+                "Nothing is downloaded by this toolkit: download the file yourself and give its path"
+            )
         load_into(model, read_checkpoint(checkpoint), model_name=name)
     elif pretrained and spec.weights == "embedded":
         from medsam.models.embedded import locate_lite_medsam
@@ -129,7 +142,6 @@ def build_model(
             f"model {name!r} needs a checkpoint file: pass --checkpoint PATH (Python: checkpoint=...). "
             f"{spec.checkpoint_hint} Nothing is downloaded by this toolkit"
         )
-    model.spec = spec  # type: ignore[attr-defined]
     return model.to(dev).eval()
 
 
@@ -217,4 +229,62 @@ register(ModelSpec(
     _tiny_sam_encoder, 16,
     PreprocessConfig("tiny_sam", 64, "longest_side", "bilinear", False, SAM.pixel_mean, SAM.pixel_std),
     _TINY_DECODER, weights="random",
+))
+
+
+# --- SAM 2.1 and MedSAM2 (memory models for video and volumes) ------------------------------------------
+
+
+def _sam2(config_name: str) -> Callable[[], nn.Module]:
+    def factory() -> nn.Module:
+        from medsam.models.sam2 import CONFIGS, Sam2Model
+
+        return Sam2Model(CONFIGS[config_name])
+
+    return factory
+
+
+def _sam2_encoder(config_name: str) -> Callable[[], nn.Module]:
+    def factory() -> nn.Module:
+        from medsam.models.sam2 import CONFIGS
+        from medsam.models.sam2.hiera import ImageEncoder
+
+        c = CONFIGS[config_name]
+        return ImageEncoder(c.hiera, c.d_model, c.fpn_top_down_levels, c.scalp)
+
+    return factory
+
+
+def _sam2_preprocess(name: str, size: int) -> PreprocessConfig:
+    # SAM 2 stretches every frame to S x S (PIL bicubic) and applies ImageNet mean/std (done by Sam2Model).
+    return PreprocessConfig(name, size, "square", "bicubic", False)
+
+
+_SAM2_HINT = (
+    "The official SAM 2.1 file is {file} (about {mb} MB) from the SAM 2 repository (facebookresearch/sam2, "
+    "Apache-2.0; its checkpoints/download_ckpts.sh lists the URLs) or the Hugging Face page facebook/{hf}."
+)
+for _name, _file, _mb, _hf, _what in (
+    ("sam2.1_hiera_t", "sam2.1_hiera_tiny.pt", 156, "sam2.1-hiera-tiny", "Hiera-T"),
+    ("sam2.1_hiera_s", "sam2.1_hiera_small.pt", 184, "sam2.1-hiera-small", "Hiera-S"),
+    ("sam2.1_hiera_b+", "sam2.1_hiera_base_plus.pt", 324, "sam2.1-hiera-base-plus", "Hiera-B+"),
+    ("sam2.1_hiera_l", "sam2.1_hiera_large.pt", 898, "sam2.1-hiera-large", "Hiera-L"),
+):
+    register(ModelSpec(
+        _name, f"SAM 2.1 {_what}, 1024 px, memory-based video/volume tracking (natural videos)",
+        _sam2_encoder(_name), 64, _sam2_preprocess(_name, 1024),
+        checkpoint_hint=_SAM2_HINT.format(file=_file, mb=_mb, hf=_hf), family="sam2", architecture=_sam2(_name),
+    ))
+register(ModelSpec(
+    "medsam2", "MedSAM2: SAM 2.1 Hiera-T fine-tuned on medical volumes and videos, 512 px (3D CT/MR, ultrasound)",
+    _sam2_encoder("medsam2"), 32, _sam2_preprocess("medsam2", 512),
+    checkpoint_hint="Use MedSAM2_latest.pt (about 156 MB; or MedSAM2_CTLesion.pt, MedSAM2_US_Heart.pt, "
+    "MedSAM2_MRI_LiverLesion.pt) from the MedSAM2 repository (bowang-lab/MedSAM2, checkpoints/download.sh) or "
+    "the Hugging Face page wanglab/MedSAM2.",
+    family="sam2", architecture=_sam2("medsam2"),
+))
+register(ModelSpec(
+    "tiny_sam2", "tiny random SAM 2 model at 128 px (tests)",
+    _sam2_encoder("tiny_sam2"), 8, _sam2_preprocess("tiny_sam2", 128), weights="random", family="sam2",
+    architecture=_sam2("tiny_sam2"),
 ))

@@ -12,15 +12,16 @@ from medsam.models.common import MLPBlock
 class Attention(nn.Module):
     """Multi-head attention with optional down-projection of the internal width."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1, kv_in_dim: int | None = None) -> None:
         super().__init__()
         self.internal_dim = embedding_dim // downsample_rate
         self.num_heads = num_heads
         if self.internal_dim % num_heads:
             raise ValueError("num_heads must divide embedding_dim // downsample_rate")
+        kv_dim = embedding_dim if kv_in_dim is None else kv_in_dim  # SAM 2's memories are narrower
         self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(kv_dim, self.internal_dim)
+        self.v_proj = nn.Linear(kv_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -35,13 +36,21 @@ class Attention(nn.Module):
 
 
 class TwoWayAttentionBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool,
+        mlp_keys: str = "sam",
+    ):
         super().__init__()
         self.self_attn = Attention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn_token_to_image = Attention(dim, num_heads, downsample_rate)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
+        if mlp_keys == "sam2":  # the same MLP, under SAM 2's key names (mlp.layers.0/1)
+            from medsam.models.mask_decoder import MLP
+
+            self.mlp = MLP(dim, mlp_dim, dim, 2)
+        else:
+            self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
         self.norm3 = nn.LayerNorm(dim)
         self.norm4 = nn.LayerNorm(dim)
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate)
@@ -65,11 +74,17 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2):
+    def __init__(
+        self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int = 2,
+        mlp_keys: str = "sam",
+    ):
+        """mlp_keys: "sam" (SAM, MedSAM, LiteMedSAM checkpoints: mlp.lin1/lin2) or "sam2" (mlp.layers.0/1)."""
         super().__init__()
         self.layers = nn.ModuleList(
             [
-                TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0))
+                TwoWayAttentionBlock(
+                    embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0), mlp_keys=mlp_keys
+                )
                 for i in range(depth)
             ]
         )
