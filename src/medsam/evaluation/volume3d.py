@@ -69,7 +69,10 @@ def _protocol(predictor: Predictor, loaded: LoadedCase, spec: PromptSpec, mode: 
     from medsam.training.prompts import SimulatedPrompt
     from medsam.types import Box, Points
 
-    trace = run_protocol(
+    protocol = run_protocol
+    if getattr(predictor, "is_memory_predictor", False):  # SAM 2 / MedSAM2: clicks as SAM 2 point prompts
+        from medsam.evaluation.protocol3d import run_protocol_memory as protocol
+    trace = protocol(
         predictor, loaded.image, loaded.reference, spacing_mm=loaded.spacing_mm or (1.0, 1.0, 1.0),
         n_clicks=spec.n_clicks, seed=seed, tolerance_mm=tolerance, source=f"volume {loaded.case.key}",
     )
