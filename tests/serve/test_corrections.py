@@ -115,3 +115,13 @@ def test_correction_errors(oracle_client):
     for body, status, words in cases:
         r = client.post(f"/api/sessions/{sid}/corrections", json=body)
         assert r.status_code == status and words in r.json()["detail"], (body, r.text)
+
+
+def test_a_sam2_model_is_refused_with_a_clear_message(tmp_path):
+    from medsam.errors import InputError
+    from medsam.models.registry import build_model
+    from medsam.serve import ServeSettings, create_app
+
+    with pytest.raises(InputError, match="not served yet"):
+        create_app(ServeSettings(sessions_dir=tmp_path / "s", warm_up=False, precision="fp32", backend="torch"),
+                   build_model("tiny_sam2", device="cpu"))

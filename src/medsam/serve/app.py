@@ -329,6 +329,12 @@ def create_app(settings: ServeSettings | None = None, model: Any = None):
         from medsam.models.registry import build_model
 
         model = build_model(settings.model, checkpoint=settings.checkpoint, device=settings.device)
+    if getattr(getattr(model, "spec", None), "family", "sam") == "sam2":
+        raise InputError(
+            f"the annotation server runs the slice-by-slice models (lite_medsam, medsam_vit_b, sam_vit_*); "
+            f"{model.spec.name} (SAM 2 memory tracking) is not served yet: use it with segment-volume, segment-video "
+            "or evaluate (--model medsam2 --checkpoint FILE)"
+        )
     engine = ModelEngine(
         model,
         cache_mb=settings.cache_mb,
