@@ -99,10 +99,25 @@ def run_protocol(
     # an empty key slice must not end the case: it scores 0 and the clicks may still find the object
     iv = InteractiveVolume(predictor, volume, config=replace(config, require_key_mask=False), agreement=agreement,
                            source=source, **interaction)
-    t0 = time.perf_counter()
     key = KeyBox(box["z_mid"], Box(box["z_mid_x_min"], box["z_mid_y_min"], box["z_mid_x_max"], box["z_mid_y_max"]))
-    iv.add_object(key_boxes=[key], label=1, z_limits=(box["z_min"], box["z_max"]))
-    mask = iv.object_mask(1)
+
+    def first() -> np.ndarray:
+        iv.add_object(key_boxes=[key], label=1, z_limits=(box["z_min"], box["z_max"]))
+        return iv.object_mask(1)
+
+    def step(click: Click3DSim) -> np.ndarray:
+        iv.click(Click3D(click.z, float(click.y), float(click.x), click.label, object_label=1))
+        return iv.object_mask(1)
+
+    return _steps(box, ref, first, step, n_clicks, spacing_mm, tolerance_mm, lambda: (iv.encoder.encoded, iv.slices_decoded))
+
+
+def _steps(box, ref, first, step, n_clicks: int, spacing_mm, tolerance_mm: float, work) -> ProtocolTrace:
+    """The simulated user of the protocol: ``first()`` gives the box step's mask, then after every mask a click at
+    the centre of the largest 3D error, which ``step(click)`` turns into the next mask; each step timed and scored.
+    A step with nothing left to correct adds no click and repeats the scores. ``work()``: (encoded, decoded)."""
+    t0 = time.perf_counter()
+    mask = first()
     seconds = [time.perf_counter() - t0]
     d, n = step_scores(mask, ref, spacing_mm, tolerance_mm)
     dscs, nsds, clicks = [d], [n], []
@@ -115,14 +130,13 @@ def run_protocol(
             continue
         clicks.append(click)
         t0 = time.perf_counter()
-        iv.click(Click3D(click.z, float(click.y), float(click.x), click.label, object_label=1))
-        mask = iv.object_mask(1)
+        mask = step(click)
         seconds.append(time.perf_counter() - t0)
         d, n = step_scores(mask, ref, spacing_mm, tolerance_mm)
         dscs.append(d)
         nsds.append(n)
-    return ProtocolTrace(box, tuple(clicks), tuple(dscs), tuple(nsds), tuple(seconds), mask, iv.encoder.encoded,
-                         iv.slices_decoded)
+    encoded, decoded = work()
+    return ProtocolTrace(box, tuple(clicks), tuple(dscs), tuple(nsds), tuple(seconds), mask, encoded, decoded)
 
 
 def run_protocol_memory(
@@ -145,48 +159,37 @@ def run_protocol_memory(
 
     ref = np.asarray(reference) != 0
     box = cvpr25_box(ref, np.random.default_rng(seed))
-    lo, hi, z_mid = box["z_min"], box["z_max"], box["z_mid"]
+    z_mid = box["z_mid"]
     state = predictor.init_state(volume, source=source)
     mask = np.zeros_like(ref)
 
     def track(start: int) -> None:
+        lo, hi = limits
         for reverse, span in ((False, hi - start), (True, start - lo)):
             if span <= 0:
                 continue
             for result in predictor.propagate(state, start, reverse=reverse, max_frames=span):
                 mask[result.frame] = result.masks[0]
 
-    t0 = time.perf_counter()
-    first = predictor.add_prompt(
-        state, z_mid, 1, box=Box(box["z_mid_x_min"], box["z_mid_y_min"], box["z_mid_x_max"], box["z_mid_y_max"])
-    )
-    mask[z_mid] = first.masks[0]
-    track(z_mid)
-    seconds = [time.perf_counter() - t0]
-    d, n = step_scores(mask, ref, spacing_mm, tolerance_mm)
-    dscs, nsds, clicks = [d], [n], []
-    for _ in range(int(n_clicks)):
-        click = corrective_click_3d(mask, ref)
-        if click is None:
-            dscs.append(dscs[-1])
-            nsds.append(nsds[-1])
-            seconds.append(0.0)
-            continue
-        clicks.append(click)
-        t0 = time.perf_counter()
-        z = int(min(max(click.z, lo), hi))
-        if click.z != z:  # a miss beyond the box's z range: the range grows to it
-            lo, hi = min(lo, click.z), max(hi, click.z)
-            z = click.z
+    limits = [box["z_min"], box["z_max"]]
+
+    def first() -> np.ndarray:
+        out = predictor.add_prompt(
+            state, z_mid, 1, box=Box(box["z_mid_x_min"], box["z_mid_y_min"], box["z_mid_x_max"], box["z_mid_y_max"])
+        )
+        mask[z_mid] = out.masks[0]
+        track(z_mid)
+        return mask.copy()
+
+    def step(click: Click3DSim) -> np.ndarray:
+        limits[0], limits[1] = min(limits[0], click.z), max(limits[1], click.z)  # a miss beyond the range grows it
         point = Points(np.array([[float(click.x), float(click.y)]]), np.array([click.label]))
-        out = predictor.add_prompt(state, z, 1, points=point, clear=False)
-        mask[z] = out.masks[0]
-        track(z)
-        seconds.append(time.perf_counter() - t0)
-        d, n = step_scores(mask, ref, spacing_mm, tolerance_mm)
-        dscs.append(d)
-        nsds.append(n)
-    return ProtocolTrace(box, tuple(clicks), tuple(dscs), tuple(nsds), tuple(seconds), mask.copy(), 0, 0)
+        out = predictor.add_prompt(state, click.z, 1, points=point, clear=False)
+        mask[click.z] = out.masks[0]
+        track(click.z)
+        return mask.copy()
+
+    return _steps(box, ref, first, step, n_clicks, spacing_mm, tolerance_mm, lambda: (0, 0))
 
 
 @dataclass(frozen=True)
